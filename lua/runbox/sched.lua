@@ -1,0 +1,487 @@
+-- The scheduler: every unit of work is a task (a coroutine). Blocking-looking calls park the
+-- running task on an id of the C event loop (an fd becoming ready, a timer, an HTTP transfer) or
+-- on a Lua-side event, and the loop resumes it when that id is ready.
+--
+-- Cancellation and deadlines are delivered once, as an error raised at the task's next blocking
+-- call; cleanup code (to-be-closed variables, code after a pcall) may then block again normally.
+local loop = require "runbox.c.loop"
+local errors = require "runbox.errors"
+
+local M = {}
+
+local PARK = setmetatable({}, {__tostring = function() return "runbox scheduler yield" end})
+local co_create, co_resume, co_yield, co_status = coroutine.create, coroutine.resume, coroutine.yield, coroutine.status
+local pack, unpack = table.pack, table.unpack
+
+local current            -- the running task
+local runq = {}          -- tasks to resume: {task, why, value}
+local by_id = {}         -- loop id -> parked task
+local deadline_of = {}   -- timer id -> {task, scope}
+local live = {}          -- every unfinished task
+local nlive = 0
+local exit_request       -- set by os.exit or a signal: {status=, signal=}
+local signals_seen = 0
+local poll_ids = {}
+
+local Task = {}
+Task.__index = Task
+Task.__tostring = function(t) return "task " .. (t.name or tostring(t.num)) end
+local task_count = 0
+
+M.now = loop.now
+
+-- Schedules t to resume with (why, value) if it is parked.
+local function wake(t, why, value)
+  if t.status ~= "parked" then return false end
+  t.status = "ready"
+  runq[#runq + 1] = {t, why, value}
+  return true
+end
+
+-- Interrupts t with err (cancellation or timeout): at once if parked, else at its next park.
+local function interrupt(t, err)
+  if t.status == "done" then return end
+  if not wake(t, "interrupt", err) then t.pending = err end
+end
+
+-- Parks the running task until something wakes it. detach() unhooks it from what it waited on
+-- when it is interrupted instead. Returns the value given by the waker.
+local function park(detach)
+  local t = current
+  if not t then error("a blocking call needs a task: run it inside runbox (sched.run)", 3) end
+  if t.pending then
+    local err = t.pending
+    t.pending = nil
+    if detach then detach() end
+    error(err, 0)
+  end
+  if t.status == "running" then t.status = "parked" end
+  local why, value = co_yield(PARK)
+  if why == "interrupt" then
+    if detach then detach() end
+    error(value, 0)
+  end
+  return value
+end
+
+-- Coroutines made by user code pass scheduler yields through to the scheduler, so a blocking call
+-- inside an iterator built with coroutine.wrap still works.
+local function relay(co, ok, ...)
+  if ok and ... == PARK then
+    return relay(co, co_resume(co, co_yield(PARK)))
+  end
+  return ok, ...
+end
+coroutine.resume = function(co, ...) return relay(co, co_resume(co, ...)) end
+coroutine.wrap = function(fn)
+  local co = co_create(fn)
+  return function(...)
+    local r = pack(relay(co, co_resume(co, ...)))
+    if not r[1] then error(r[2], 0) end
+    return unpack(r, 2, r.n)
+  end
+end
+
+---------------------------------------------------------------------------------------------------
+-- waiting on loop ids
+
+-- Parks until the loop notifies id.
+function M.wait_id(id)
+  local t = current
+  by_id[id] = t
+  return park(function() by_id[id] = nil end)
+end
+
+-- Parks until fd is readable (dir "r") or writable ("w"), or has an error or hang-up.
+function M.wait_fd(fd, dir)
+  local id, err = loop.watch(fd, dir)
+  if not id then errors.raise("io", "cannot wait on fd " .. fd .. ": " .. err) end
+  by_id[id] = current
+  park(function() by_id[id] = nil; loop.unwatch(fd, dir) end)
+end
+
+function M.sleep(seconds)
+  local id, slot = loop.timer(seconds or 0)
+  by_id[id] = current
+  park(function() by_id[id] = nil; loop.timer_stop(id, slot) end)
+end
+
+-- Lets every other ready task run once.
+function M.yield()
+  local t = current
+  t.status = "parked"
+  wake(t, "wake")
+  park()
+end
+
+---------------------------------------------------------------------------------------------------
+-- tasks
+
+local function finish(t, ok, ...)
+  t.status = "done"
+  t.result = pack(ok, ...)
+  live[t] = nil
+  nlive = nlive - 1
+  if not ok then
+    local err = ...
+    if errors.is(err, "exit") and not exit_request then
+      exit_request = {status = err.status}
+      for other in pairs(live) do other:cancel("exit requested") end
+    end
+  end
+  for _, j in ipairs(t.joiners) do wake(j, "wake") end
+  t.joiners = {}
+end
+
+local function trace(err)
+  if current and not current.traceback then
+    current.traceback = debug.traceback(errors.message(err), 2)
+  end
+  return err
+end
+
+-- Starts fn(...) as a new task; returns the task. t:wait() gives its results.
+function M.spawn(fn, ...)
+  task_count = task_count + 1
+  local t = setmetatable({num = task_count, status = "ready", joiners = {}, scopes = 0}, Task)
+  local args = pack(...)
+  t.co = co_create(function()
+    return finish(t, xpcall(fn, trace, unpack(args, 1, args.n)))
+  end)
+  live[t] = true
+  nlive = nlive + 1
+  runq[#runq + 1] = {t, "start"}
+  return t
+end
+
+function M.current() return current end
+
+-- Waits for the task to end; returns true, results... or false, err (like pcall).
+function Task:wait()
+  while self.status ~= "done" do
+    local me = current
+    local j = self.joiners
+    j[#j + 1] = me
+    park(function()
+      for i = #j, 1, -1 do if j[i] == me then table.remove(j, i) end end
+    end)
+  end
+  self.retrieved = true
+  return unpack(self.result, 1, self.result.n)
+end
+
+-- Waits for the task and returns its results, raising its error if it failed.
+function Task:join()
+  local r = pack(self:wait())
+  if not r[1] then error(r[2], 0) end
+  return unpack(r, 2, r.n)
+end
+
+function Task:done() return self.status == "done" end
+
+-- Cancels the task: it gets a "cancelled" error at its current or next blocking call, once.
+function Task:cancel(reason)
+  if self.status == "done" or self.cancelled then return end
+  self.cancelled = true
+  interrupt(self, errors.new("cancelled", reason or "cancelled"))
+end
+
+-- Waits for every task; returns a list of {ok, results...} packs in the same order.
+function M.wait_all(tasks)
+  local out = {}
+  for i, t in ipairs(tasks) do out[i] = pack(t:wait()) end
+  return out
+end
+
+-- Waits until one of the tasks ends; returns that task.
+function M.wait_any(tasks)
+  while true do
+    for _, t in ipairs(tasks) do if t.status == "done" then t.retrieved = true; return t end end
+    local me = current
+    for _, t in ipairs(tasks) do t.joiners[#t.joiners + 1] = me end
+    local function detach()
+      for _, t in ipairs(tasks) do
+        for i = #t.joiners, 1, -1 do if t.joiners[i] == me then table.remove(t.joiners, i) end end
+      end
+    end
+    park(detach)
+    detach()
+  end
+end
+
+---------------------------------------------------------------------------------------------------
+-- deadlines
+
+-- Runs fn(...); if it has not returned after `seconds`, the blocking call it is in raises a
+-- "timeout" error (once). Returns fn's results.
+function M.deadline(seconds, fn, ...)
+  local t = current
+  if not t then error("sched.deadline needs a task", 2) end
+  local scope = {seconds = seconds}
+  local id, slot = loop.timer(seconds)
+  deadline_of[id] = {t, scope}
+  local guard <close> = setmetatable({}, {__close = function()
+    loop.timer_stop(id, slot)
+    deadline_of[id] = nil
+    if t.pending and t.pending.scope == scope then t.pending = nil end
+  end})
+  return fn(...)
+end
+
+-- Runs fn(...) under a deadline; returns true, results... or nil, err on timeout.
+-- Other errors propagate.
+function M.timeout(seconds, fn, ...)
+  local r = pack(pcall(M.deadline, seconds, fn, ...))
+  if r[1] then return true, unpack(r, 2, r.n) end
+  if errors.is(r[2], "timeout") then return nil, r[2] end
+  error(r[2], 0)
+end
+
+---------------------------------------------------------------------------------------------------
+-- synchronisation
+
+local Event = {}
+Event.__index = Event
+
+-- An event: wait() parks until set() is called; stays set until clear().
+function M.event() return setmetatable({is_set = false, waiters = {}}, Event) end
+
+function Event:set()
+  self.is_set = true
+  local w = self.waiters
+  self.waiters = {}
+  for _, t in ipairs(w) do wake(t, "wake") end
+end
+
+function Event:clear() self.is_set = false end
+
+function Event:wait()
+  while not self.is_set do
+    local me, w = current, self.waiters
+    w[#w + 1] = me
+    park(function() for i = #w, 1, -1 do if w[i] == me then table.remove(w, i) end end end)
+  end
+end
+
+local Semaphore = {}
+Semaphore.__index = Semaphore
+
+-- A counting semaphore: at most n holders at once, served first come first served.
+function M.semaphore(n)
+  return setmetatable({free = n, queue = {}}, Semaphore)
+end
+
+function Semaphore:acquire()
+  if self.free > 0 and #self.queue == 0 then self.free = self.free - 1; return end
+  local me, q = current, self.queue
+  local entry = {task = me}
+  q[#q + 1] = entry
+  park(function()
+    for i = #q, 1, -1 do if q[i] == entry then table.remove(q, i) end end
+    if entry.granted then self:release() end  -- handed over while being interrupted: pass it on
+  end)
+end
+
+function Semaphore:release()
+  local q = self.queue
+  while #q > 0 do
+    local entry = table.remove(q, 1)
+    if entry.task.status == "parked" then
+      entry.granted = true
+      wake(entry.task, "wake")
+      return
+    end
+  end
+  self.free = self.free + 1
+end
+
+-- Runs fn(...) holding the semaphore; releases it however fn ends.
+function Semaphore:with(fn, ...)
+  self:acquire()
+  local guard <close> = setmetatable({}, {__close = function() self:release() end})
+  return fn(...)
+end
+
+local Bucket = {}
+Bucket.__index = Bucket
+
+-- A token bucket: take() returns at once while tokens remain, then paces callers at `rate` per
+-- second (burst: how many may go at once after a quiet spell). Used for creation rate limits.
+function M.token_bucket(rate, burst)
+  burst = burst or 1
+  return setmetatable({rate = rate, burst = burst, tokens = burst, stamp = loop.now()}, Bucket)
+end
+
+function Bucket:take()
+  while true do
+    local now = loop.now()
+    self.tokens = math.min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+    self.stamp = now
+    if self.tokens >= 1 then self.tokens = self.tokens - 1; return end
+    M.sleep((1 - self.tokens) / self.rate)
+  end
+end
+
+---------------------------------------------------------------------------------------------------
+-- scopes: structured concurrency
+
+local Scope = {}
+Scope.__index = Scope
+
+function Scope:spawn(fn, ...)
+  local t = M.spawn(fn, ...)
+  self.tasks[#self.tasks + 1] = t
+  return t
+end
+
+function Scope:cancel(reason)
+  for _, t in ipairs(self.tasks) do t:cancel(reason) end
+end
+
+-- Runs fn(scope). Tasks started with scope:spawn belong to the scope: when fn returns, the scope
+-- waits for them; when fn fails (or one of them fails), the others are cancelled, and the first
+-- error is raised after all have ended.
+function M.scope(fn, ...)
+  local s = setmetatable({tasks = {}}, Scope)
+  local r = pack(pcall(fn, s, ...))
+  local first_err = not r[1] and r[2] or nil
+  if first_err then s:cancel("scope failed") end
+  local i = 1
+  while i <= #s.tasks do
+    local t = s.tasks[i]
+    local ok, err = t:wait()
+    if not ok and not first_err and not errors.is(err, "cancelled") then
+      first_err = err
+      s:cancel("a task in the scope failed")
+    end
+    i = i + 1
+  end
+  if first_err then error(first_err, 0) end
+  return unpack(r, 2, r.n)
+end
+
+---------------------------------------------------------------------------------------------------
+-- the loop
+
+local function step(t, why, value)
+  current = t
+  t.status = "running"
+  local ok, r
+  if why == "start" then ok, r = co_resume(t.co)
+  else ok, r = co_resume(t.co, why, value) end
+  current = nil
+  if not ok then
+    -- only reachable if the scheduler's own wrapper failed; keep the process alive and say so
+    io.stderr:write("runbox: internal scheduler error in ", tostring(t), ": ", tostring(r), "\n")
+    if t.status ~= "done" then finish(t, false, r) end
+  elseif t.status ~= "done" and r ~= PARK then
+    t.status = "done"
+    finish(t, false, errors.new("yield", "coroutine.yield called directly in a task; use sched functions"))
+  end
+end
+
+local function deliver(id)
+  local t = by_id[id]
+  if t then
+    by_id[id] = nil
+    wake(t, "wake", id)
+    return
+  end
+  local d = deadline_of[id]
+  if d then
+    deadline_of[id] = nil
+    local e = errors.new("timeout", ("deadline of %gs exceeded"):format(d[2].seconds), {scope = d[2]})
+    interrupt(d[1], e)
+  end
+end
+
+local signal_names = {[1] = "SIGHUP", [2] = "SIGINT", [15] = "SIGTERM"}
+M.on_signal = nil  -- optional hook(signame, count) for recipes that want their own message
+
+local function handle_signal(sig)
+  signals_seen = signals_seen + 1
+  local name = signal_names[sig] or ("signal " .. sig)
+  if M.on_signal then M.on_signal(name, signals_seen) end
+  if signals_seen == 1 then
+    exit_request = exit_request or {status = 128 + sig, signal = name}
+    io.stderr:write("\nrunbox: ", name, " received: cancelling, cleaning up (a second signal does not skip cleanup)\n")
+    for t in pairs(live) do t:cancel("interrupted by " .. name) end
+  else
+    io.stderr:write("runbox: still cleaning up ", nlive, " task(s); please wait\n")
+  end
+end
+
+local function deadlocked()
+  return #runq == 0 and next(by_id) == nil and next(deadline_of) == nil
+end
+
+-- Runs ready tasks and polls the loop until done() is true.
+local function run_until(done)
+  while true do
+    while #runq > 0 do
+      local q = runq
+      runq = {}
+      for i = 1, #q do
+        local e = q[i]
+        if e[1].status == "ready" then step(e[1], e[2], e[3]) end
+      end
+    end
+    if done() then return true end
+    if deadlocked() then return false end
+    local n, sigs = loop.poll(-1, poll_ids)
+    for i = 1, n do deliver(poll_ids[i]) end
+    if sigs then for _, s in ipairs(sigs) do handle_signal(s) end end
+  end
+end
+
+-- Lets the loop turn without a task (the REPL between lines): runs until done() or a deadlock.
+M.run_until = run_until
+
+local function report_failure(t, err)
+  if errors.is(err, "cancelled") and exit_request then return end
+  local msg = t.traceback or errors.message(err)
+  io.stderr:write("runbox: ", msg, "\n")
+end
+
+-- Cancels every remaining task and lets their cleanup run to the end.
+function M.shutdown(reason)
+  for t in pairs(live) do t:cancel(reason) end
+  if not run_until(function() return nlive == 0 end) then
+    for t in pairs(live) do
+      io.stderr:write("runbox: ", tostring(t), " is still waiting on an event nothing can set\n")
+    end
+  end
+end
+
+-- Runs fn(...) as the main task until it ends, then cleans up every other task.
+-- Returns the process exit status.
+function M.main(fn, ...)
+  local real_exit = os.exit
+  os.exit = function(status)
+    if status == true or status == nil then status = 0 elseif status == false then status = 1 end
+    errors.raise("exit", "exit " .. tostring(status), {status = status})
+  end
+  local main = M.spawn(fn, ...)
+  main.name = "main"
+  if not run_until(function() return main.status == "done" end) then
+    main:cancel("deadlock")
+    io.stderr:write("runbox: deadlock: every task waits on an event that nothing can set\n")
+    run_until(function() return main.status == "done" end)
+  end
+  M.shutdown("main task ended")
+  os.exit = real_exit
+  local ok, err = main.result[1], main.result[2]
+  local status = 0
+  if exit_request then
+    status = exit_request.status or 0
+  elseif not ok then
+    report_failure(main, err)
+    status = 1
+  end
+  return status
+end
+
+-- Tasks that failed without anyone waiting for them are reported, so errors are never silent.
+M.report_unobserved = true
+
+return M

@@ -117,8 +117,11 @@ lua_State *rb_runtime_new(void) {
     return L;
 }
 
+void rb_proc_reap_all(void);
+
 void rb_runtime_close(lua_State *L) {
     lua_close(L);
+    rb_proc_reap_all();   /* children whose handles were never collected */
     rb_loop_free();
 }
 

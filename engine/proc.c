@@ -1,0 +1,343 @@
+/* Child processes: posix_spawn into their own process group, non-blocking pipes, a pidfd to learn
+ * of the exit through the loop. runbox.c.proc is the low level; lua/runbox/proc.lua the public API.
+ *
+ * Every live child is on a list; at exit (rb_proc_reap_all) each remaining group is killed and
+ * reaped, so no child outlives runbox and no zombie is left. */
+#define _GNU_SOURCE
+#include "loop.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <lauxlib.h>
+
+extern char **environ;
+
+#define PROC_MT "runbox.proc"
+
+typedef struct proc {
+    pid_t pid;
+    int pidfd;
+    int fds[3];              /* stdin (write end), stdout, stderr (read ends); -1 if not piped */
+    int exited;              /* reaped */
+    int status;              /* waitid si_status */
+    int code;                /* CLD_EXITED / CLD_KILLED / CLD_DUMPED */
+    struct proc *prev, *next;
+} proc;
+
+static proc *live_head;
+
+static void unlink_live(proc *p) {
+    if (p->prev) p->prev->next = p->next; else if (live_head == p) live_head = p->next;
+    if (p->next) p->next->prev = p->prev;
+    p->prev = p->next = NULL;
+}
+
+static void close_fd(int *fd) {
+    if (*fd >= 0) { rb_forget_fd(*fd); close(*fd); *fd = -1; }
+}
+
+static int try_reap(proc *p, int flags) {
+    if (p->exited) return 1;
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    if (waitid(P_PIDFD, (id_t)p->pidfd, &si, WEXITED | flags) < 0) {
+        if (errno == ECHILD) { p->exited = 1; p->code = CLD_EXITED; p->status = 255; goto done; }
+        return 0;
+    }
+    if (si.si_pid == 0) return 0;     /* still running */
+    p->exited = 1; p->code = si.si_code; p->status = si.si_status;
+done:
+    close_fd(&p->pidfd);
+    unlink_live(p);
+    return 1;
+}
+
+/* Kills the group (and the leader, in case it left the group) and waits for the leader. */
+static void kill_and_reap(proc *p) {
+    if (p->exited) return;
+    kill(-p->pid, SIGKILL);
+    kill(p->pid, SIGKILL);
+    try_reap(p, 0);
+}
+
+void rb_proc_reap_all(void) {
+    while (live_head) kill_and_reap(live_head);
+}
+
+static proc *check(lua_State *L) { return luaL_checkudata(L, 1, PROC_MT); }
+
+/* "pipe" | "null" | "inherit" (| "stdout" for stderr) */
+static const char *stream_opt(lua_State *L, const char *name, const char *dflt) {
+    lua_getfield(L, 1, name);
+    const char *v = lua_isnil(L, -1) ? dflt : luaL_checkstring(L, -1);
+    lua_pop(L, 1);
+    int is_err = !strcmp(name, "stderr");
+    if (strcmp(v, "pipe") && strcmp(v, "null") && strcmp(v, "inherit") && !(is_err && !strcmp(v, "stdout")))
+        luaL_error(L, "proc.spawn: %s must be \"pipe\", \"null\" or \"inherit\"%s, not \"%s\"", name,
+                   is_err ? " or \"stdout\"" : "", v);
+    return v;
+}
+
+/* Builds the child's environment: the parent's unless clear_env, then env's entries (false removes). */
+static char **build_env(lua_State *L, int *count) {
+    lua_getfield(L, 1, "env");
+    lua_getfield(L, 1, "clear_env");
+    int clear = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    int has_env = lua_istable(L, -1);
+    if (!has_env && !lua_isnil(L, -1)) luaL_error(L, "proc.spawn: env must be a table of NAME = value");
+    lua_newtable(L);                    /* name -> "NAME=value" */
+    if (!clear)
+        for (char **e = environ; *e; e++) {
+            const char *eq = strchr(*e, '=');
+            if (!eq) continue;
+            lua_pushlstring(L, *e, (size_t)(eq - *e));
+            lua_pushstring(L, *e);
+            lua_rawset(L, -3);
+        }
+    if (has_env) {
+        lua_pushnil(L);
+        while (lua_next(L, -3)) {
+            if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "proc.spawn: env keys must be strings");
+            const char *k = lua_tostring(L, -2);
+            if (!*k || strchr(k, '=')) luaL_error(L, "proc.spawn: bad environment variable name '%s'", k);
+            lua_pushvalue(L, -2);
+            if (lua_type(L, -2) == LUA_TBOOLEAN && !lua_toboolean(L, -2)) lua_pushnil(L);
+            else {
+                if (!lua_isstring(L, -2)) luaL_error(L, "proc.spawn: env.%s must be a string or number", k);
+                lua_pushfstring(L, "%s=%s", k, lua_tostring(L, -2));
+            }
+            lua_rawset(L, -5);     /* [env, map, key, value, key, entry] */
+            lua_pop(L, 1);
+        }
+    }
+    int n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, -2)) { n++; lua_pop(L, 1); }
+    char **envp = lua_newuserdatauv(L, sizeof(char *) * (size_t)(n + 1), 0);   /* freed by the GC */
+    int i = 0;
+    lua_pushnil(L);
+    while (lua_next(L, -3)) { envp[i++] = (char *)lua_tostring(L, -1); lua_pop(L, 1); }
+    envp[i] = NULL;
+    /* keep the strings and the array alive on the stack: [env, map, envp] */
+    *count = n;
+    return envp;
+}
+
+/* Only runbox's end is non-blocking: the child gets ordinary blocking stdio. */
+static int pipe_pair(int p[2], int parent_end) {
+    if (pipe2(p, O_CLOEXEC) < 0) return -1;
+    fcntl(p[parent_end], F_SETFL, O_NONBLOCK);
+    if (parent_end == 0) fcntl(p[0], F_SETPIPE_SZ, 1 << 20);   /* fewer wake-ups on busy output */
+    return 0;
+}
+
+static int l_spawn(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    int argc = (int)luaL_len(L, 1);
+    if (argc < 1) return luaL_error(L, "proc.spawn: the command is empty (give {\"program\", args...})");
+    luaL_checkstack(L, argc + 16, "too many arguments");
+    const char **argv = lua_newuserdatauv(L, sizeof(char *) * (size_t)(argc + 1), 0);
+    for (int i = 1; i <= argc; i++) {      /* the strings stay on the stack while we need them */
+        lua_rawgeti(L, 1, i);
+        if (!lua_isstring(L, -1)) return luaL_error(L, "proc.spawn: argument %d must be a string", i);
+        argv[i - 1] = lua_tostring(L, -1);
+    }
+    argv[argc] = NULL;
+
+    const char *in = stream_opt(L, "stdin", "null");
+    const char *out = stream_opt(L, "stdout", "pipe");
+    const char *err = stream_opt(L, "stderr", "pipe");
+    lua_getfield(L, 1, "cwd");
+    const char *cwd = luaL_optstring(L, -1, NULL);
+    int n_env;
+    char **envp = build_env(L, &n_env);
+
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawnattr_init(&attr);
+    int pin[2] = {-1, -1}, pout[2] = {-1, -1}, perr[2] = {-1, -1};
+    int rc = 0;
+
+    if (!strcmp(in, "pipe")) { if (pipe_pair(pin, 1) < 0) { rc = errno; goto fail; } posix_spawn_file_actions_adddup2(&fa, pin[0], 0); }
+    else if (!strcmp(in, "null")) posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    if (!strcmp(out, "pipe")) { if (pipe_pair(pout, 0) < 0) { rc = errno; goto fail; } posix_spawn_file_actions_adddup2(&fa, pout[1], 1); }
+    else if (!strcmp(out, "null")) posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    if (!strcmp(err, "pipe")) { if (pipe_pair(perr, 0) < 0) { rc = errno; goto fail; } posix_spawn_file_actions_adddup2(&fa, perr[1], 2); }
+    else if (!strcmp(err, "null")) posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+    else if (!strcmp(err, "stdout")) posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    if (cwd) posix_spawn_file_actions_addchdir_np(&fa, cwd);
+    posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+
+    /* own process group; signals unblocked and at their defaults (runbox blocks and ignores some) */
+    sigset_t none, defaults;
+    sigemptyset(&none);
+    sigemptyset(&defaults);
+    sigaddset(&defaults, SIGINT); sigaddset(&defaults, SIGTERM); sigaddset(&defaults, SIGHUP);
+    sigaddset(&defaults, SIGPIPE); sigaddset(&defaults, SIGQUIT);
+    posix_spawnattr_setpgroup(&attr, 0);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &defaults);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+
+    pid_t pid;
+    rc = posix_spawnp(&pid, argv[0], &fa, &attr, (char *const *)argv, envp);
+    if (rc != 0) goto fail;
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+
+    proc *p = lua_newuserdatauv(L, sizeof(proc), 1);
+    memset(p, 0, sizeof *p);
+    p->pid = pid;
+    p->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (p->pidfd >= 0) fcntl(p->pidfd, F_SETFD, FD_CLOEXEC);
+    p->fds[0] = pin[1]; p->fds[1] = pout[0]; p->fds[2] = perr[0];
+    if (pin[0] >= 0) close(pin[0]);
+    if (pout[1] >= 0) close(pout[1]);
+    if (perr[1] >= 0) close(perr[1]);
+    p->next = live_head;
+    if (live_head) live_head->prev = p;
+    live_head = p;
+    luaL_setmetatable(L, PROC_MT);
+    if (p->pidfd < 0) { kill_and_reap(p); return luaL_error(L, "pidfd_open: %s", strerror(errno)); }
+    return 1;
+
+fail:
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    for (int i = 0; i < 2; i++) {
+        if (pin[i] >= 0) close(pin[i]);
+        if (pout[i] >= 0) close(pout[i]);
+        if (perr[i] >= 0) close(perr[i]);
+    }
+    lua_pushnil(L);
+    if ((rc == ENOENT || rc == ENOTDIR || rc == EACCES) && cwd && access(cwd, X_OK) != 0)
+        lua_pushfstring(L, "cannot run '%s': working folder '%s': %s", argv[0], cwd, strerror(errno));
+    else if (rc == ENOENT && !strchr(argv[0], '/'))
+        lua_pushfstring(L, "cannot run '%s': not found on PATH", argv[0]);
+    else
+        lua_pushfstring(L, "cannot run '%s': %s", argv[0], strerror(rc));
+    return 2;
+}
+
+static int stream_index(lua_State *L, int i) {
+    static const char *const names[] = {"stdin", "stdout", "stderr", NULL};
+    return luaL_checkoption(L, i, NULL, names);
+}
+
+/* p:fd(stream) -> fd or nil */
+static int l_fd(lua_State *L) {
+    proc *p = check(L);
+    int fd = p->fds[stream_index(L, 2)];
+    if (fd < 0) lua_pushnil(L); else lua_pushinteger(L, fd);
+    return 1;
+}
+
+static int l_pidfd(lua_State *L) {
+    proc *p = check(L);
+    if (p->pidfd < 0) lua_pushnil(L); else lua_pushinteger(L, p->pidfd);
+    return 1;
+}
+
+/* p:read(stream, max) -> data | "" at end | nil, "again" | nil, err */
+static int l_read(lua_State *L) {
+    proc *p = check(L);
+    int s = stream_index(L, 2);
+    lua_Integer max = luaL_optinteger(L, 3, 65536);
+    if (s == 0) return luaL_argerror(L, 2, "cannot read stdin");
+    if (max <= 0) return luaL_argerror(L, 3, "must be positive");
+    if (p->fds[s] < 0) { lua_pushliteral(L, ""); return 1; }
+    luaL_Buffer b;
+    char *buf = luaL_buffinitsize(L, &b, (size_t)max);
+    ssize_t n = read(p->fds[s], buf, (size_t)max);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) { lua_pushnil(L); lua_pushliteral(L, "again"); return 2; }
+        lua_pushnil(L); lua_pushstring(L, strerror(errno)); return 2;
+    }
+    luaL_pushresultsize(&b, (size_t)n);
+    if (n == 0) close_fd(&p->fds[s]);
+    return 1;
+}
+
+/* p:write(data, offset) -> bytes written | nil, "again" | nil, err */
+static int l_write(lua_State *L) {
+    proc *p = check(L);
+    size_t len;
+    const char *data = luaL_checklstring(L, 2, &len);
+    lua_Integer off = luaL_optinteger(L, 3, 0);
+    if (off < 0 || (size_t)off > len) return luaL_argerror(L, 3, "offset out of range");
+    if (p->fds[0] < 0) { lua_pushnil(L); lua_pushliteral(L, "stdin is closed"); return 2; }
+    ssize_t n = write(p->fds[0], data + off, len - (size_t)off);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) { lua_pushnil(L); lua_pushliteral(L, "again"); return 2; }
+        lua_pushnil(L);
+        lua_pushstring(L, errno == EPIPE ? "the process closed its stdin" : strerror(errno));
+        return 2;
+    }
+    lua_pushinteger(L, n);
+    return 1;
+}
+
+static int l_close_stream(lua_State *L) {
+    proc *p = check(L);
+    close_fd(&p->fds[stream_index(L, 2)]);
+    return 0;
+}
+
+/* p:poll() -> nil while running | "exit", code | "signal", signo */
+static int l_poll(lua_State *L) {
+    proc *p = check(L);
+    if (!try_reap(p, WNOHANG)) { lua_pushnil(L); return 1; }
+    if (p->code == CLD_EXITED) lua_pushliteral(L, "exit"); else lua_pushliteral(L, "signal");
+    lua_pushinteger(L, p->status);
+    return 2;
+}
+
+/* p:kill(signo, group) -> true | nil, err. Signals the whole process group unless group is false. */
+static int l_kill(lua_State *L) {
+    proc *p = check(L);
+    int sig = (int)luaL_optinteger(L, 2, SIGTERM);
+    int group = lua_isnoneornil(L, 3) ? 1 : lua_toboolean(L, 3);
+    int rc = group ? kill(-p->pid, sig) : -1;
+    if (!p->exited && (rc < 0 || !group)) rc = kill(p->pid, sig);
+    if (rc < 0 && errno != ESRCH) { lua_pushnil(L); lua_pushstring(L, strerror(errno)); return 2; }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_pid(lua_State *L) { lua_pushinteger(L, check(L)->pid); return 1; }
+
+/* __gc / p:destroy(): a process nobody holds any more is killed with its group and reaped. */
+static int l_destroy(lua_State *L) {
+    proc *p = check(L);
+    kill_and_reap(p);
+    for (int i = 0; i < 3; i++) close_fd(&p->fds[i]);
+    close_fd(&p->pidfd);
+    return 0;
+}
+
+static int l_reap_all(lua_State *L) { rb_proc_reap_all(); return 0; }
+
+int luaopen_runbox_c_proc(lua_State *L) {
+    static const luaL_Reg methods[] = {
+        {"fd", l_fd}, {"pidfd", l_pidfd}, {"read", l_read}, {"write", l_write},
+        {"close_stream", l_close_stream}, {"poll", l_poll}, {"kill", l_kill}, {"pid", l_pid},
+        {"destroy", l_destroy}, {NULL, NULL}};
+    luaL_newmetatable(L, PROC_MT);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_destroy);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    static const luaL_Reg f[] = {{"spawn", l_spawn}, {"reap_all", l_reap_all}, {NULL, NULL}};
+    luaL_newlib(L, f);
+    return 1;
+}

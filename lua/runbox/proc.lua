@@ -1,0 +1,203 @@
+-- Child processes. Each runs in its own process group; reads and writes park the task, never the
+-- process; a per-process reaper task learns of the exit through a pidfd, enforces the time limit,
+-- and kills what the process left behind in its group.
+--
+--   local p <close> = proc.spawn{"git", "status", cwd = "/repo", timeout = 30}
+--   for line in p:lines() do print(line) end
+--   local code, how = p:wait()          -- how: "exit" | "signal" | "timeout"
+local cproc = require "runbox.c.proc"
+local sched = require "runbox.sched"
+local errors = require "runbox.errors"
+
+local M = {}
+local Proc = {}
+Proc.__index = Proc
+
+local SIGTERM, SIGKILL = 15, 9
+
+local function wait_exit(p)
+  while true do
+    local how, code = p._c:poll()
+    if how then
+      p.how, p.status = how, code
+      return
+    end
+    sched.wait_fd(p._c:pidfd(), "r")
+  end
+end
+
+-- SIGTERM to the group, SIGKILL after `grace` seconds.
+local function terminate(p, grace)
+  p._c:kill(SIGTERM)
+  if not sched.timeout(grace, wait_exit, p) then
+    p._c:kill(SIGKILL)
+    wait_exit(p)
+  end
+end
+
+local function reaper(p, timeout, grace)
+  local ok = pcall(function()
+    if not timeout then return wait_exit(p) end
+    if not sched.timeout(timeout, wait_exit, p) then
+      p.timed_out = true
+      terminate(p, grace)
+    end
+  end)
+  if not ok then           -- cancelled (Ctrl-C, shutdown, p:close): the process goes too
+    p._c:kill(SIGKILL)
+    wait_exit(p)
+  end
+  if not p.keep_group then p._c:kill(SIGKILL) end   -- leftovers in the group
+  p._exited:set()
+end
+
+-- Starts a process. cmd is {"prog", "arg", ..., opts...} with options:
+--   cwd, env (table; false removes a variable), clear_env, stdin ("pipe" | "inherit" | a string
+--   to feed and close; default /dev/null), stdout ("pipe" default | "null" | "inherit"),
+--   stderr ("pipe" default | "stdout" | "null" | "inherit"), timeout (seconds; the whole group
+--   gets SIGTERM, then SIGKILL after kill_grace, default 2), keep_group (do not kill the group's
+--   leftovers when the main process exits).
+-- Returns the process or nil, err.
+function M.spawn(cmd)
+  if type(cmd) ~= "table" then error("proc.spawn: expected a table {\"program\", args...}", 2) end
+  local feed = type(cmd.stdin) == "string" and cmd.stdin ~= "pipe" and cmd.stdin ~= "null"
+               and cmd.stdin ~= "inherit" and cmd.stdin or nil
+  local args = table.move(cmd, 1, #cmd, 1, {})
+  for k, v in pairs(cmd) do if type(k) ~= "number" then args[k] = v end end
+  args.stdin = feed and "pipe" or cmd.stdin
+  local c, err = cproc.spawn(args)
+  if not c then return nil, errors.new("spawn", err, {argv = cmd}) end
+  local p = setmetatable({_c = c, pid = c:pid(), name = cmd[1], keep_group = cmd.keep_group,
+                          _exited = sched.event()}, Proc)
+  p._reaper = sched.spawn(reaper, p, cmd.timeout, cmd.kill_grace or 2)
+  p._reaper.name = "reaper of " .. tostring(cmd[1])
+  if feed then
+    p._feeder = sched.spawn(function()
+      p:write(feed)
+      p:close_stdin()
+    end)
+  end
+  return p
+end
+
+-- Next chunk of output from stream ("stdout" default, or "stderr"); nil at the end.
+function Proc:read(stream, max)
+  stream = stream or "stdout"
+  while true do
+    local data, err = self._c:read(stream, max)
+    if data then
+      if data == "" then return nil end
+      return data
+    end
+    if err ~= "again" then return nil, errors.new("io", ("reading %s of %s: %s"):format(stream, self.name, err)) end
+    local fd = self._c:fd(stream)
+    if not fd then return nil end
+    sched.wait_fd(fd, "r")
+  end
+end
+
+-- Iterator over the lines of a stream (without the newline; a last unterminated line too).
+function Proc:lines(stream)
+  stream = stream or "stdout"
+  local buf, pos = "", 1
+  return function()
+    while true do
+      local nl = buf:find("\n", pos, true)
+      if nl then
+        local line = buf:sub(pos, nl - 1)
+        pos = nl + 1
+        return line
+      end
+      local chunk = self:read(stream)
+      if not chunk then
+        if pos <= #buf then
+          local line = buf:sub(pos)
+          buf, pos = "", 1
+          return line
+        end
+        return nil
+      end
+      buf = buf:sub(pos) .. chunk
+      pos = 1
+    end
+  end
+end
+
+-- Reads a whole stream to its end.
+function Proc:read_all(stream)
+  local parts = {}
+  for chunk in function() return self:read(stream, 1 << 20) end do parts[#parts + 1] = chunk end
+  return table.concat(parts)
+end
+
+-- Writes all of data to stdin (parks while the pipe is full). true, or nil, err.
+function Proc:write(data)
+  local off = 0
+  while off < #data do
+    local n, err = self._c:write(data, off)
+    if n then
+      off = off + n
+    elseif err == "again" then
+      sched.wait_fd(self._c:fd("stdin"), "w")
+    else
+      return nil, errors.new("io", ("writing to %s: %s"):format(self.name, err))
+    end
+  end
+  return true
+end
+
+function Proc:close_stdin() self._c:close_stream("stdin") end
+
+-- Sends a signal (default SIGTERM) to the process group.
+function Proc:kill(sig) return self._c:kill(sig or SIGTERM) end
+
+-- Waits for the exit. Returns code, how: how is "exit" (code = exit status), "signal" (code =
+-- 128 + signal number, p.signal = the number) or "timeout" (killed at the time limit).
+-- With a timeout argument, returns nil, err when the process is still running after it.
+function Proc:wait(timeout)
+  if timeout then
+    local ok, err = sched.timeout(timeout, self._exited.wait, self._exited)
+    if not ok then return nil, err end
+  else
+    self._exited:wait()
+  end
+  if self.how == "signal" then self.signal = self.status end
+  local code = self.how == "signal" and 128 + self.status or self.status
+  return code, self.timed_out and "timeout" or self.how
+end
+
+function Proc:running() return not self._exited.is_set end
+
+-- Kills the group if still running, waits for it, releases the pipes. Safe to call twice.
+function Proc:close()
+  if not self._exited.is_set then
+    self._reaper:cancel("closed")
+    self._exited:wait()
+  end
+  if self._feeder then self._feeder:cancel("closed") end
+  self._c:destroy()
+end
+Proc.__close = Proc.close
+
+-- Runs a command to its end, collecting stdout and stderr (read concurrently).
+-- Returns {code=, how=, stdout=, stderr=, signal=, timed_out=} or nil, err when it cannot start.
+function M.run(cmd)
+  local p, err = M.spawn(cmd)
+  if not p then return nil, err end
+  local guard <close> = p
+  local errtask = sched.spawn(function() return p:read_all("stderr") end)
+  local out = p:read_all("stdout")
+  local _, stderr = errtask:wait()
+  local code, how = p:wait()
+  return {code = code, how = how, stdout = out, stderr = stderr or "", signal = p.signal,
+          timed_out = how == "timeout"}
+end
+
+-- Runs a shell command line (bash -c) to its end; like run.
+function M.sh(line, opts)
+  local cmd = {"bash", "-c", line}
+  for k, v in pairs(opts or {}) do cmd[k] = v end
+  return M.run(cmd)
+end
+
+return M

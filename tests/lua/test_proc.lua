@@ -1,0 +1,148 @@
+local T = require "runbox.testing"
+local sched = require "runbox.sched"
+local proc = require "runbox.proc"
+local errors = require "runbox.errors"
+
+-- true while pid exists and is not a zombie
+local function alive(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return false end
+  local stat = f:read("a")
+  f:close()
+  return not stat:match("^%d+ %b() Z")
+end
+
+T.test("run collects stdout, stderr and the exit code", function()
+  local r = assert(proc.run{"sh", "-c", "echo out; echo err >&2; exit 3"})
+  T.eq(r.code, 3)
+  T.eq(r.how, "exit")
+  T.eq(r.stdout, "out\n")
+  T.eq(r.stderr, "err\n")
+end)
+
+T.test("stdin from a string, cwd and env", function()
+  local r = assert(proc.run{"sh", "-c", "cat; pwd; echo $RB_X; echo ${HOME:-unset}", stdin = "data\n",
+                            cwd = "/tmp", env = {RB_X = "42", HOME = false}})
+  T.eq(r.stdout, "data\n/tmp\n42\nunset\n")
+end)
+
+T.test("clear_env starts from an empty environment", function()
+  local r = assert(proc.run{"/usr/bin/env", clear_env = true, env = {ONLY = "1"}})
+  T.eq(r.stdout, "ONLY=1\n")
+end)
+
+T.test("streamed stdin writes and line iteration", function()
+  local p <close> = assert(proc.spawn{"cat", stdin = "pipe"})
+  local lines = {}
+  local reader = sched.spawn(function() for l in p:lines() do lines[#lines + 1] = l end end)
+  for i = 1, 3 do assert(p:write("line " .. i .. "\n")); sched.sleep(0.01) end
+  assert(p:write("tail without newline"))
+  p:close_stdin()
+  reader:join()
+  T.eq(lines, {"line 1", "line 2", "line 3", "tail without newline"})
+  T.eq(p:wait(), 0)
+end)
+
+T.test("a large stdin and stdout do not deadlock", function()
+  local data = string.rep("0123456789abcdef", 1 << 18)  -- 4 MiB, beyond any pipe buffer
+  local r = assert(proc.run{"cat", stdin = data})
+  T.eq(#r.stdout, #data)
+  T.ok(r.stdout == data)
+end)
+
+T.test("a signal is reported as 128+n with how = signal", function()
+  local r = assert(proc.run{"sh", "-c", "kill -9 $$"})
+  T.eq(r.code, 137)
+  T.eq(r.how, "signal")
+  T.eq(r.signal, 9)
+end)
+
+T.test("timeout kills the whole process group, grandchildren included", function()
+  local pidfile = os.tmpname()
+  local t0 = sched.now()
+  local r = assert(proc.run{"sh", "-c", "sleep 30 & echo $! > " .. pidfile .. "; wait", timeout = 0.3})
+  T.eq(r.how, "timeout")
+  T.ok(sched.now() - t0 < 5, "returned promptly")
+  local f = assert(io.open(pidfile)); local gpid = tonumber(f:read("l")); f:close(); os.remove(pidfile)
+  sched.sleep(0.1)
+  T.ok(not alive(gpid), "grandchild sleep was killed")
+end)
+
+T.test("timeout escalates to SIGKILL for a process that ignores SIGTERM", function()
+  local r = assert(proc.run{"sh", "-c", "trap '' TERM; sleep 30", timeout = 0.2, kill_grace = 0.2})
+  T.eq(r.how, "timeout")
+end)
+
+T.test("leftover background processes in the group are killed when the leader exits", function()
+  local pidfile = os.tmpname()
+  local r = assert(proc.run{"sh", "-c", "sleep 30 >/dev/null 2>&1 & echo $! > " .. pidfile})
+  T.eq(r.code, 0)
+  local f = assert(io.open(pidfile)); local gpid = tonumber(f:read("l")); f:close(); os.remove(pidfile)
+  sched.sleep(0.1)
+  T.ok(not alive(gpid))
+end)
+
+T.test("a missing program is an error value naming it", function()
+  local p, err = proc.spawn{"no-such-program-xyz"}
+  T.eq(p, nil)
+  T.ok(errors.is(err, "spawn"))
+  T.match(err.message, "no%-such%-program%-xyz")
+  local _, err2 = proc.spawn{"ls", cwd = "/no/such/dir"}
+  T.match(err2.message, "/no/such/dir")
+end)
+
+T.test("bad options raise clear errors", function()
+  T.raises("stdout must be", proc.spawn, {"true", stdout = "bogus"})
+  T.raises("empty", proc.spawn, {})
+  T.raises("argument 2", proc.spawn, {"echo", {}})
+end)
+
+T.test("100 processes at once, no zombies left", function()
+  local tasks = {}
+  for i = 1, 100 do
+    tasks[i] = sched.spawn(function() return proc.run{"sh", "-c", "sleep 0.2; echo " .. i}.stdout end)
+  end
+  local t0 = sched.now()
+  local results = sched.wait_all(tasks)
+  for i = 1, 100 do T.eq(results[i][2], i .. "\n") end
+  T.ok(sched.now() - t0 < 10)
+  local zombies = 0
+  for pid in io.popen("ls /proc"):lines() do
+    local f = tonumber(pid) and io.open("/proc/" .. pid .. "/stat")
+    if f then
+      local s = f:read("a"); f:close()
+      local ppid = s:match("^%d+ %b() %a (%d+)")
+      if tonumber(ppid) == require("runbox.util").pid() and s:match("^%d+ %b() Z") then zombies = zombies + 1 end
+    end
+  end
+  T.eq(zombies, 0)
+end)
+
+T.test("wait with a timeout leaves the process running", function()
+  local p <close> = assert(proc.spawn{"sleep", "5"})
+  local code, err = p:wait(0.05)
+  T.eq(code, nil)
+  T.ok(errors.is(err, "timeout"))
+  T.ok(p:running())
+end)
+
+T.test("closing a running process kills it", function()
+  local p = assert(proc.spawn{"sleep", "30"})
+  local pid = p.pid
+  p:close()
+  T.ok(not alive(pid))
+  p:close()  -- twice is fine
+end)
+
+T.test("cancelling a task in a read leaves the process to its handle", function()
+  local p <close> = assert(proc.spawn{"sh", "-c", "sleep 0.3; echo late"})
+  local t = sched.spawn(function() return p:read() end)
+  sched.sleep(0.05)
+  t:cancel()
+  local ok, err = t:wait()
+  T.eq(ok, false)
+  T.ok(errors.is(err, "cancelled"))
+  T.eq(p:read(), "late\n")
+end)
+
+T.run()

@@ -57,6 +57,10 @@ local function park(detach)
   end
   if t.status == "running" then t.status = "parked" end
   local why, value = co_yield(PARK)
+  if why ~= "interrupt" and t.pending then   -- interrupted while already woken: deliver it now
+    why, value = "interrupt", t.pending
+    t.pending = nil
+  end
   if why == "interrupt" then
     if detach then detach() end
     error(value, 0)
@@ -196,7 +200,7 @@ end
 -- Waits until one of the tasks ends; returns that task.
 function M.wait_any(tasks)
   while true do
-    for _, t in ipairs(tasks) do if t.status == "done" then t.retrieved = true; return t end end
+    for _, t in ipairs(tasks) do if t.status == "done" then return t end end
     local me = current
     for _, t in ipairs(tasks) do t.joiners[#t.joiners + 1] = me end
     local function detach()
@@ -346,15 +350,22 @@ function M.scope(fn, ...)
   local r = pack(pcall(fn, s, ...))
   local first_err = not r[1] and r[2] or nil
   if first_err then s:cancel("scope failed") end
-  local i = 1
-  while i <= #s.tasks do
-    local t = s.tasks[i]
-    local ok, err = t:wait()
-    if not ok and not first_err and not errors.is(err, "cancelled") then
-      first_err = err
-      s:cancel("a task in the scope failed")
+  while true do
+    local open = {}
+    for _, t in ipairs(s.tasks) do
+      if t.status ~= "done" then
+        open[#open + 1] = t
+      elseif not t.retrieved then
+        t.retrieved = true
+        local ok, err = t.result[1], t.result[2]
+        if not ok and not first_err and not errors.is(err, "cancelled") then
+          first_err = err
+          s:cancel("a task in the scope failed")
+        end
+      end
     end
-    i = i + 1
+    if #open == 0 then break end
+    M.wait_any(open)
   end
   if first_err then error(first_err, 0) end
   return unpack(r, 2, r.n)
@@ -418,17 +429,17 @@ end
 -- Runs ready tasks and polls the loop until done() is true.
 local function run_until(done)
   while true do
-    while #runq > 0 do
-      local q = runq
-      runq = {}
-      for i = 1, #q do
-        local e = q[i]
-        if e[1].status == "ready" then step(e[1], e[2], e[3]) end
-      end
+    local q = runq
+    runq = {}
+    for i = 1, #q do
+      local e = q[i]
+      if e[1].status == "ready" then step(e[1], e[2], e[3]) end
     end
     if done() then return true end
     if deadlocked() then return false end
-    local n, sigs = loop.poll(-1, poll_ids)
+    -- poll even when tasks are ready (without waiting), so a task that keeps yielding cannot
+    -- starve timers, I/O and signals
+    local n, sigs = loop.poll(#runq > 0 and 0 or -1, poll_ids)
     for i = 1, n do deliver(poll_ids[i]) end
     if sigs then for _, s in ipairs(sigs) do handle_signal(s) end end
   end

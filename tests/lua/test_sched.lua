@@ -1,5 +1,6 @@
 local T = require "runbox.testing"
 local sched = require "runbox.sched"
+local errors = require "runbox.errors"
 
 T.test("sleep orders tasks by deadline", function()
   local order = {}
@@ -7,6 +8,180 @@ T.test("sleep orders tasks by deadline", function()
   local b = sched.spawn(function() sched.sleep(0.01); order[#order + 1] = "b" end)
   sched.wait_all{a, b}
   T.eq(order, {"b", "a"})
+end)
+
+T.test("sleeps run concurrently, not one after another", function()
+  local t0 = sched.now()
+  local ts = {}
+  for i = 1, 50 do ts[i] = sched.spawn(sched.sleep, 0.1) end
+  sched.wait_all(ts)
+  T.ok(sched.now() - t0 < 0.5)
+end)
+
+T.test("wait gives results like pcall; join raises", function()
+  local ok = sched.spawn(function(a, b) return a + b, "x" end, 1, 2)
+  T.eq({ok:wait()}, {true, 3, "x"})
+  local bad = sched.spawn(function() error("boom") end)
+  local r, err = bad:wait()
+  T.eq(r, false)
+  T.match(err, "boom")
+  T.raises("boom", bad.join, bad)
+  T.match(bad.traceback, "test_sched.lua")
+end)
+
+T.test("cancel interrupts a parked task once; its cleanup may block", function()
+  local log = {}
+  local t = sched.spawn(function()
+    local guard <close> = setmetatable({}, {__close = function()
+      sched.sleep(0.01)            -- blocking inside cleanup works after cancellation
+      log[#log + 1] = "cleaned"
+    end})
+    sched.sleep(10)
+    log[#log + 1] = "not reached"
+  end)
+  sched.sleep(0.01)
+  t:cancel("test")
+  local ok, err = t:wait()
+  T.eq(ok, false)
+  T.ok(errors.is(err, "cancelled"))
+  T.eq(log, {"cleaned"})
+end)
+
+T.test("cancel of a task that is not parked is delivered at its next blocking call", function()
+  local reached = false
+  local t = sched.spawn(function()
+    for _ = 1, 1000 do end
+    sched.current():cancel()
+    reached = true
+    sched.sleep(1)
+  end)
+  local ok, err = t:wait()
+  T.ok(reached)
+  T.eq(ok, false)
+  T.ok(errors.is(err, "cancelled"))
+end)
+
+T.test("deadline raises timeout in the blocking call, then lets cleanup block", function()
+  local cleaned = false
+  local t0 = sched.now()
+  local ok, err = pcall(sched.deadline, 0.05, function()
+    local g <close> = setmetatable({}, {__close = function() sched.sleep(0.01); cleaned = true end})
+    sched.sleep(5)
+  end)
+  T.eq(ok, false)
+  T.ok(errors.is(err, "timeout"), tostring(err))
+  T.ok(cleaned)
+  T.ok(sched.now() - t0 < 1)
+end)
+
+T.test("timeout returns values or nil, err", function()
+  T.eq({sched.timeout(1, function() return 7 end)}, {true, 7})
+  local ok, err = sched.timeout(0.01, sched.sleep, 1)
+  T.eq(ok, nil)
+  T.ok(errors.is(err, "timeout"))
+end)
+
+T.test("an expired inner deadline does not leak into the outer scope", function()
+  local r = sched.deadline(1, function()
+    local ok = sched.timeout(0.01, sched.sleep, 1)
+    T.eq(ok, nil)
+    sched.sleep(0.05)   -- must not raise: the inner deadline is gone
+    return "after"
+  end)
+  T.eq(r, "after")
+end)
+
+T.test("a deadline that fires while the task is busy is raised at the next blocking call", function()
+  local ok, err = pcall(sched.deadline, 0.01, function()
+    local t0 = sched.now()
+    while sched.now() - t0 < 0.05 do end   -- busy, no blocking call
+    sched.yield()
+  end)
+  T.eq(ok, false)
+  T.ok(errors.is(err, "timeout"))
+end)
+
+T.test("semaphore bounds concurrency", function()
+  local sem = sched.semaphore(3)
+  local inside, most = 0, 0
+  local ts = {}
+  for i = 1, 20 do
+    ts[i] = sched.spawn(function()
+      sem:with(function()
+        inside = inside + 1
+        most = math.max(most, inside)
+        sched.sleep(0.01)
+        inside = inside - 1
+      end)
+    end)
+  end
+  sched.wait_all(ts)
+  T.eq(most, 3)
+  T.eq(sem.free, 3)
+end)
+
+T.test("a task cancelled while queued on a semaphore does not lose a permit", function()
+  local sem = sched.semaphore(1)
+  sem:acquire()
+  local waiter = sched.spawn(function() sem:acquire() end)
+  sched.sleep(0.01)
+  waiter:cancel()
+  waiter:wait()
+  sem:release()
+  T.eq(sem.free, 1)
+end)
+
+T.test("token bucket paces takers", function()
+  local b = sched.token_bucket(50, 1)
+  local t0 = sched.now()
+  for _ = 1, 11 do b:take() end
+  local dt = sched.now() - t0
+  T.ok(dt >= 0.18 and dt < 1, "took " .. dt)
+end)
+
+T.test("event wakes every waiter", function()
+  local ev = sched.event()
+  local n = 0
+  local ts = {}
+  for i = 1, 5 do ts[i] = sched.spawn(function() ev:wait(); n = n + 1 end) end
+  sched.sleep(0.01)
+  T.eq(n, 0)
+  ev:set()
+  sched.wait_all(ts)
+  T.eq(n, 5)
+end)
+
+T.test("wait_any returns the first task to finish", function()
+  local slow = sched.spawn(sched.sleep, 0.2)
+  local fast = sched.spawn(function() sched.sleep(0.01); return "fast" end)
+  T.ok(sched.wait_any{slow, fast} == fast)
+  slow:cancel()
+end)
+
+T.test("scope waits for its tasks and cancels the rest when one fails", function()
+  local finished = {}
+  local ok, err = pcall(sched.scope, function(s)
+    s:spawn(function() sched.sleep(5); finished.slow = true end)
+    s:spawn(function() sched.sleep(0.01); error("task failed") end)
+    s:spawn(function() sched.sleep(0.005); finished.quick = true end)
+  end)
+  T.eq(ok, false)
+  T.match(err, "task failed")
+  T.eq(finished, {quick = true})
+end)
+
+T.test("blocking calls work inside coroutine.wrap iterators", function()
+  local gen = coroutine.wrap(function()
+    for i = 1, 3 do sched.sleep(0.001); coroutine.yield(i) end
+  end)
+  T.eq({gen(), gen(), gen()}, {1, 2, 3})
+end)
+
+T.test("coroutine.yield straight from a task is an error, not a hang", function()
+  local t = sched.spawn(function() coroutine.yield(1) end)
+  local ok, err = t:wait()
+  T.eq(ok, false)
+  T.match(errors.message(err), "coroutine.yield")
 end)
 
 T.run()

@@ -21,6 +21,7 @@ local live = {}          -- every unfinished task
 local nlive = 0
 local exit_request       -- set by os.exit or a signal: {status=, signal=}
 local signals_seen = 0
+local failed = {}        -- tasks that failed; reported if nothing ever waited for them
 local poll_ids = {}
 
 local Task = {}
@@ -128,6 +129,7 @@ local function finish(t, ok, ...)
   nlive = nlive - 1
   if not ok then
     local err = ...
+    if not errors.is(err, "cancelled") and not errors.is(err, "exit") then failed[#failed + 1] = t end
     if errors.is(err, "exit") and not exit_request then
       exit_request = {status = err.status}
       for other in pairs(live) do other:cancel("exit requested") end
@@ -407,12 +409,15 @@ local function deliver(id)
 end
 
 local signal_names = {[1] = "SIGHUP", [2] = "SIGINT", [15] = "SIGTERM"}
-M.on_signal = nil  -- optional hook(signame, count) for recipes that want their own message
+-- Optional hook(signame, count), called first for every signal (recipes print their own message).
+-- Returning true claims the signal: nothing is cancelled and it is not counted (the REPL: Ctrl-C
+-- stops the running line only).
+M.on_signal = nil
 
 local function handle_signal(sig)
-  signals_seen = signals_seen + 1
   local name = signal_names[sig] or ("signal " .. sig)
-  if M.on_signal then M.on_signal(name, signals_seen) end
+  if M.on_signal and M.on_signal(name, signals_seen + 1) == true then return end
+  signals_seen = signals_seen + 1
   if signals_seen == 1 then
     exit_request = exit_request or {status = 128 + sig, signal = name}
     io.stderr:write("\nrunbox: ", name, " received: cancelling, cleaning up (a second signal does not skip cleanup)\n")
@@ -480,6 +485,10 @@ function M.main(fn, ...)
     run_until(function() return main.status == "done" end)
   end
   M.shutdown("main task ended")
+  for _, t in ipairs(M.take_unobserved()) do
+    io.stderr:write("runbox: ", tostring(t), " failed and nothing waited for it: ",
+                    t.traceback or errors.message(t.result[2]), "\n")
+  end
   os.exit = real_exit
   local ok, err = main.result[1], main.result[2]
   local status = 0
@@ -492,7 +501,15 @@ function M.main(fn, ...)
   return status
 end
 
--- Tasks that failed without anyone waiting for them are reported, so errors are never silent.
-M.report_unobserved = true
+-- Returns the tasks that failed since the last call and that nothing waited for, so their errors
+-- are never silent (main reports them at exit; the REPL after each line).
+function M.take_unobserved()
+  local out = {}
+  for _, t in ipairs(failed) do
+    if not t.retrieved and t.name ~= "main" then out[#out + 1] = t end
+  end
+  failed = {}
+  return out
+end
 
 return M

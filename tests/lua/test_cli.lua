@@ -165,6 +165,14 @@ T.test("SIGTERM exits 143 after cleanup", function()
   T.eq(read(marker), "cleaned")
 end)
 
+T.test("a task that fails with nothing waiting for it is reported at exit", function()
+  local r = runbox{"-e", "require('runbox.sched').spawn(function() error('lost error') end)"}
+  T.eq(r.code, 0)
+  T.match(r.stderr, "failed and nothing waited for it: .*lost error")
+  r = runbox{"-e", "local s = require('runbox.sched') local t = s.spawn(error, 'seen') t:wait()"}
+  T.eq(r.stderr, "")
+end)
+
 T.test("RUNBOX_LUA_PATH overrides the embedded library", function()
   local root = dir .. "/tree"
   assert(os.execute("mkdir -p " .. root .. "/lua/runbox"))

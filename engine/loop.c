@@ -129,10 +129,12 @@ int rb_watch_fd(int fd, char dir, rb_id id) {
     return 0;
 }
 
-void rb_unwatch_fd(int fd, char dir) {
+void rb_unwatch_fd(int fd, char dir, rb_id id) {
     if (fd < 0 || fd >= L0.nfds) return;
     struct fdrec *r = &L0.fds[fd];
-    if (dir == 'w') r->wid = 0; else r->rid = 0;
+    rb_id *slot = dir == 'w' ? &r->wid : &r->rid;
+    if (id && *slot != id) return;   /* the fd was closed and reused: that watch is someone else's */
+    *slot = 0;
     rearm(fd, r);
 }
 
@@ -298,8 +300,9 @@ static int l_watch(lua_State *L) {
     return 1;
 }
 
+/* unwatch(fd, dir [, id]): with id, only if that watch is still the fd's */
 static int l_unwatch(lua_State *L) {
-    rb_unwatch_fd((int)luaL_checkinteger(L, 1), dir_arg(L, 2));
+    rb_unwatch_fd((int)luaL_checkinteger(L, 1), dir_arg(L, 2), (rb_id)luaL_optinteger(L, 3, 0));
     return 0;
 }
 

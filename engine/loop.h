@@ -26,7 +26,7 @@ void rb_notify(rb_id id);            /* ready at the next poll */
 /* One-shot readiness wait of a Lua waiter: id is notified once fd is readable (dir 'r') or writable
  * ('w'), or on error/hang-up. Returns 0 on success, -1 with errno. */
 int rb_watch_fd(int fd, char dir, rb_id id);
-void rb_unwatch_fd(int fd, char dir);
+void rb_unwatch_fd(int fd, char dir, rb_id id);   /* id 0: whatever watch it has */
 void rb_forget_fd(int fd);           /* call before close(fd) */
 
 /* Persistent callback watch (libcurl). events is EPOLLIN|EPOLLOUT, or 0 to remove. */

@@ -102,7 +102,7 @@ function M.wait_fd(fd, dir)
   local id, err = loop.watch(fd, dir)
   if not id then errors.raise("io", "cannot wait on fd " .. fd .. ": " .. err) end
   by_id[id] = current
-  park(function() by_id[id] = nil; loop.unwatch(fd, dir) end)
+  park(function() by_id[id] = nil; loop.unwatch(fd, dir, id) end)
 end
 
 function M.sleep(seconds)
@@ -129,7 +129,10 @@ local function finish(t, ok, ...)
   nlive = nlive - 1
   if not ok then
     local err = ...
-    if not errors.is(err, "cancelled") and not errors.is(err, "exit") then failed[#failed + 1] = t end
+    if not errors.is(err, "cancelled") and not errors.is(err, "exit") then
+      failed[#failed + 1] = t
+      if #failed > 1000 then M.report_unobserved() end   -- a long-lived server must not hoard them
+    end
     if errors.is(err, "exit") and not exit_request then
       exit_request = {status = err.status}
       for other in pairs(live) do other:cancel("exit requested") end
@@ -218,13 +221,10 @@ end
 ---------------------------------------------------------------------------------------------------
 -- deadlines
 
--- Runs fn(...); if it has not returned after `seconds`, the blocking call it is in raises a
--- "timeout" error (once). Returns fn's results.
-function M.deadline(seconds, fn, ...)
+local function run_with_deadline(scope, fn, ...)
   local t = current
-  if not t then error("sched.deadline needs a task", 2) end
-  local scope = {seconds = seconds}
-  local id, slot = loop.timer(seconds)
+  if not t then error("sched.deadline needs a task", 3) end
+  local id, slot = loop.timer(scope.seconds)
   deadline_of[id] = {t, scope}
   local guard <close> = setmetatable({}, {__close = function()
     loop.timer_stop(id, slot)
@@ -234,12 +234,19 @@ function M.deadline(seconds, fn, ...)
   return fn(...)
 end
 
--- Runs fn(...) under a deadline; returns true, results... or nil, err on timeout.
--- Other errors propagate.
+-- Runs fn(...); if it has not returned after `seconds`, the blocking call it is in raises a
+-- "timeout" error (once). Returns fn's results.
+function M.deadline(seconds, fn, ...)
+  return run_with_deadline({seconds = seconds}, fn, ...)
+end
+
+-- Runs fn(...) under a deadline; returns true, results... or nil, err when this deadline fired.
+-- Other errors, including an enclosing deadline's timeout, propagate.
 function M.timeout(seconds, fn, ...)
-  local r = pack(pcall(M.deadline, seconds, fn, ...))
+  local scope = {seconds = seconds}
+  local r = pack(pcall(run_with_deadline, scope, fn, ...))
   if r[1] then return true, unpack(r, 2, r.n) end
-  if errors.is(r[2], "timeout") then return nil, r[2] end
+  if errors.is(r[2], "timeout") and r[2].scope == scope then return nil, r[2] end
   error(r[2], 0)
 end
 
@@ -485,10 +492,7 @@ function M.main(fn, ...)
     run_until(function() return main.status == "done" end)
   end
   M.shutdown("main task ended")
-  for _, t in ipairs(M.take_unobserved()) do
-    io.stderr:write("runbox: ", tostring(t), " failed and nothing waited for it: ",
-                    t.traceback or errors.message(t.result[2]), "\n")
-  end
+  M.report_unobserved()
   os.exit = real_exit
   local ok, err = main.result[1], main.result[2]
   local status = 0
@@ -510,6 +514,14 @@ function M.take_unobserved()
   end
   failed = {}
   return out
+end
+
+-- Prints the unobserved failures to stderr.
+function M.report_unobserved()
+  for _, t in ipairs(M.take_unobserved()) do
+    io.stderr:write("runbox: ", tostring(t), " failed and nothing waited for it: ",
+                    t.traceback or errors.message(t.result[2]), "\n")
+  end
 end
 
 return M

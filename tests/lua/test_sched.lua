@@ -81,6 +81,17 @@ T.test("timeout returns values or nil, err", function()
   T.ok(errors.is(err, "timeout"))
 end)
 
+T.test("timeout does not swallow an enclosing deadline", function()
+  local outer_scope_err
+  local ok, err = pcall(sched.deadline, 0.02, function()
+    local r, e = sched.timeout(5, sched.sleep, 1)   -- the outer deadline fires in here
+    outer_scope_err = {r, e}
+  end)
+  T.eq(ok, false)
+  T.ok(errors.is(err, "timeout"))
+  T.eq(outer_scope_err, nil, "sched.timeout must not return for a deadline that is not its own")
+end)
+
 T.test("an expired inner deadline does not leak into the outer scope", function()
   local r = sched.deadline(1, function()
     local ok = sched.timeout(0.01, sched.sleep, 1)

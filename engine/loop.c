@@ -1,13 +1,14 @@
-/* Event loop: epoll, timer heap, signalfd, ready queue. See loop.h. */
+/* Event loop: epoll, timer heap, signals through a self-pipe, ready queue. See loop.h. */
+#define _GNU_SOURCE
 #include "loop.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/signalfd.h>
 #include <time.h>
 #include <unistd.h>
 #include <lauxlib.h>
@@ -29,14 +30,14 @@ struct timer {
 };
 
 static struct {
-    int epfd, sigfd;
+    int epfd;
     rb_id next_id;
     struct fdrec *fds; int nfds;
     struct timer *timers; int ntimers; int32_t *free_slots; int nfree;
     int32_t *heap; int heap_len;
     rb_id *ready, *out; int nready, cap_ready, cap_out;
+    int sigpipe[2];          /* self-pipe: signal handlers write the signal number */
     int sigs[16]; int nsigs;
-    sigset_t sigmask;
 } L0;
 
 double rb_now(void) {
@@ -56,30 +57,48 @@ static void *grow(void *p, int *cap, int need, size_t elem) {
     return q;
 }
 
+/* Signals arrive through a self-pipe rather than a signalfd: a signalfd needs the signals blocked,
+ * and a blocked mask is inherited by every child (os.execute, io.popen, libraries), which then
+ * cannot be stopped with SIGTERM. Caught signals are reset to their defaults by exec. */
+static volatile sig_atomic_t undelivered[65];   /* per signal: arrived, not yet reported */
+
+static void on_signal(int sig) {
+    int saved = errno;
+    undelivered[sig]++;
+    unsigned char b = (unsigned char)sig;
+    if (write(L0.sigpipe[1], &b, 1) < 0) { /* pipe full: the loop has plenty of signals to read */ }
+    errno = saved;
+}
+
+/* SIGPIPE is caught, not ignored: an ignored signal would stay ignored in children after exec. */
+static void on_sigpipe(int sig) { (void)sig; }
+
 int rb_loop_init(void) {
     L0.epfd = epoll_create1(EPOLL_CLOEXEC);
     if (L0.epfd < 0) return -1;
-    sigemptyset(&L0.sigmask);
-    sigaddset(&L0.sigmask, SIGINT);
-    sigaddset(&L0.sigmask, SIGTERM);
-    sigaddset(&L0.sigmask, SIGHUP);
-    sigprocmask(SIG_BLOCK, &L0.sigmask, NULL);
-    signal(SIGPIPE, SIG_IGN);  /* a closed pipe is an EPIPE error, not a dead runbox */
-    L0.sigfd = signalfd(-1, &L0.sigmask, SFD_NONBLOCK | SFD_CLOEXEC);
-    if (L0.sigfd < 0) return -1;
-    struct epoll_event ev = {.events = EPOLLIN, .data.fd = L0.sigfd};
-    epoll_ctl(L0.epfd, EPOLL_CTL_ADD, L0.sigfd, &ev);
+    if (pipe2(L0.sigpipe, O_CLOEXEC | O_NONBLOCK) < 0) return -1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    sa.sa_handler = on_sigpipe;
+    sigaction(SIGPIPE, &sa, NULL);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = L0.sigpipe[0]};
+    epoll_ctl(L0.epfd, EPOLL_CTL_ADD, L0.sigpipe[0], &ev);
     L0.next_id = 1;
     return 0;
 }
 
 void rb_loop_free(void) {
-    close(L0.epfd); close(L0.sigfd);
+    signal(SIGINT, SIG_DFL); signal(SIGTERM, SIG_DFL); signal(SIGHUP, SIG_DFL);
+    close(L0.epfd); close(L0.sigpipe[0]); close(L0.sigpipe[1]);
     free(L0.fds); free(L0.timers); free(L0.free_slots); free(L0.heap); free(L0.ready); free(L0.out);
     memset(&L0, 0, sizeof L0);
 }
-
-void rb_loop_child_sigmask(void *out) { memcpy(out, &L0.sigmask, sizeof(sigset_t)); }
 
 rb_id rb_new_id(void) { return L0.next_id++; }
 
@@ -235,10 +254,27 @@ static void fire_timers(void) {
 
 /* ---- poll ---- */
 
+/* Consumes one arrival of sig, with the handler kept out while the count changes. */
+static int consume(int sig) {
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, sig);
+    sigprocmask(SIG_BLOCK, &block, &old);
+    int had = undelivered[sig] > 0;
+    if (had) undelivered[sig]--;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    return had;
+}
+
+int rb_take_signal(int sig) { return sig > 0 && sig < 65 && consume(sig); }
+
 static void read_signals(void) {
-    struct signalfd_siginfo si;
-    while (read(L0.sigfd, &si, sizeof si) == (ssize_t)sizeof si)
-        if (L0.nsigs < (int)(sizeof L0.sigs / sizeof L0.sigs[0])) L0.sigs[L0.nsigs++] = (int)si.ssi_signo;
+    unsigned char b[64];
+    ssize_t n;
+    while ((n = read(L0.sigpipe[0], b, sizeof b)) > 0)
+        for (ssize_t i = 0; i < n; i++)   /* skip arrivals already taken by rb_take_signal */
+            if (b[i] < 65 && consume(b[i]) && L0.nsigs < (int)(sizeof L0.sigs / sizeof L0.sigs[0]))
+                L0.sigs[L0.nsigs++] = b[i];
 }
 
 int rb_poll(double timeout, const rb_id **ids, int *nids, const int **sigs, int *nsigs) {
@@ -257,7 +293,7 @@ int rb_poll(double timeout, const rb_id **ids, int *nids, const int **sigs, int 
     for (int i = 0; i < n; i++) {
         int fd = evs[i].data.fd;
         uint32_t e = evs[i].events;
-        if (fd == L0.sigfd) { read_signals(); continue; }
+        if (fd == L0.sigpipe[0]) { read_signals(); continue; }
         if (fd >= L0.nfds) continue;
         struct fdrec *r = &L0.fds[fd];
         if (r->cb) { r->cb(fd, e, r->ud); continue; }

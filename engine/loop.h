@@ -39,8 +39,10 @@ void rb_timer_stop(rb_timer t);
  * array is owned by the loop, valid until the next call); received signal numbers to *sigs. */
 int rb_poll(double timeout, const rb_id **ids, int *nids, const int **sigs, int *nsigs);
 
-/* Signals the loop turns into events (SIGINT, SIGTERM, SIGHUP); children must get them unblocked. */
-void rb_loop_child_sigmask(void *sigset_out);
+/* SIGINT, SIGTERM and SIGHUP become events: rb_poll reports them. rb_take_signal consumes a
+ * pending arrival of sig before the loop reports it (the REPL checks for Ctrl-C from a hook while
+ * a line runs without ever blocking); returns 1 if there was one. */
+int rb_take_signal(int sig);
 
 int luaopen_runbox_c_loop(lua_State *L);
 

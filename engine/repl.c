@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <lauxlib.h>
+#include "loop.h"
 
 #ifndef RUNBOX_VERSION
 #define RUNBOX_VERSION "dev"
@@ -197,7 +198,7 @@ static int l_open(lua_State *L) {
     history(R.hist, &ev, H_SETSIZE, (int)size);
     history(R.hist, &ev, H_SETUNIQUE, 1);
     el_set(R.el, EL_EDITOR, "emacs");
-    el_set(R.el, EL_SIGNAL, 0);         /* signals are the event loop's (signalfd) */
+    el_set(R.el, EL_SIGNAL, 0);         /* signals are the event loop's (self-pipe) */
     el_set(R.el, EL_PROMPT, prompt_text);
     el_set(R.el, EL_HIST, history, R.hist);
     bind_keys(R.el);
@@ -381,18 +382,9 @@ static int l_read_plain(lua_State *L) {
 
 /* take_sigint() -> true when a Ctrl-C is waiting to be delivered; consumes it. The REPL calls
  * this from a count hook so a line stuck in a loop that never blocks can still be interrupted
- * (the signal is blocked process-wide and would otherwise wait for the next poll). */
+ * (the loop would only report the signal at its next poll). */
 static int l_take_sigint(lua_State *L) {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigset_t pending;
-    if (sigpending(&pending) < 0 || !sigismember(&pending, SIGINT)) {
-        lua_pushboolean(L, 0);
-        return 1;
-    }
-    struct timespec zero = {0, 0};
-    lua_pushboolean(L, sigtimedwait(&set, NULL, &zero) == SIGINT);
+    lua_pushboolean(L, rb_take_signal(SIGINT));
     return 1;
 }
 

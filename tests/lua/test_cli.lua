@@ -173,6 +173,20 @@ T.test("a task that fails with nothing waiting for it is reported at exit", func
   T.eq(r.stderr, "")
 end)
 
+T.test("children get a clean signal mask and default dispositions", function()
+  local script = "os.execute('grep -E \"^Sig(Blk|Ign)\" /proc/self/status'); " ..
+                 "local p = require('runbox.proc').run{'grep', '-E', '^Sig(Blk|Ign)', '/proc/self/status'}; io.write(p.stdout)"
+  local r = runbox{"-e", script}
+  T.eq(r.code, 0)
+  local n = 0
+  for name, hex in r.stdout:gmatch("(Sig%a+):%s*(%x+)") do
+    n = n + 1
+    -- standard signals only (1..31); the real-time ones above belong to the C library
+    T.eq(tonumber(hex:sub(-8), 16) & 0x7fffffff, 0, name .. " of a child")
+  end
+  T.eq(n, 4)
+end)
+
 T.test("RUNBOX_LUA_PATH overrides the embedded library", function()
   local root = dir .. "/tree"
   assert(os.execute("mkdir -p " .. root .. "/lua/runbox"))

@@ -187,6 +187,16 @@ T.test("children get a clean signal mask and default dispositions", function()
   T.eq(n, 4)
 end)
 
+T.test("the demo recipe runs every step and checks it", function()
+  local r = runbox{"demo"}
+  T.eq(r.code, 0, r.stderr)
+  T.match(r.stdout, "6 steps, 0 failed")
+  T.match(runbox{"--help"}.stdout, "\n  demo\n")
+  r = runbox{"demo", "--bogus"}
+  T.eq(r.code, 2)
+  T.match(r.stderr, "unknown flag '%-%-bogus'")
+end)
+
 T.test("RUNBOX_LUA_PATH overrides the embedded library", function()
   local root = dir .. "/tree"
   assert(os.execute("mkdir -p " .. root .. "/lua/runbox"))

@@ -1015,7 +1015,7 @@ static int dec_message(struct dec *D, const struct pb_msg *m, int t, const uint8
 /* Pushes one value of type vt, whose wire type the caller has checked. */
 static int dec_value(struct dec *D, const struct pb_vtype *vt, const uint8_t **pp, const uint8_t *end) {
     lua_State *L = D->L;
-    uint64_t u;
+    uint64_t u = 0;   /* set by the readers; zeroed to quiet -Wmaybe-uninitialized */
     switch (vt->wire) {
     case WT_VARINT:
         if (read_varint(D, pp, end, &u, "value")) return -1;

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 base=(build-essential cmake pkg-config git clang libclang-rt-14-dev
-      liblua5.4-dev lua5.4 lua-cjson-dev libcurl4-openssl-dev libarchive-dev libyaml-dev libedit-dev
+      liblua5.4-dev lua5.4 libcurl4-openssl-dev libarchive-dev libyaml-dev libedit-dev
       bubblewrap python3-grpcio python3-grpc-tools hyperfine valgrind zstd curl procps)
 extra=()
 if [ -f tests/deps-packages.txt ]; then

@@ -39,7 +39,7 @@ if [ $quick = 0 ]; then
       [ -x "$f" ] || continue
       name=$(basename "$f")
       mkdir -p "$logs/corpus-$name"
-      if "$f" -max_total_time="${RUNBOX_FUZZ_SECONDS:-30}" "$logs/corpus-$name" >"$logs/$name.log" 2>&1; then
+      if "$f" -max_total_time="${RUNBOX_FUZZ_SECONDS:-20}" "$logs/corpus-$name" >"$logs/$name.log" 2>&1; then
         echo "ok - $name: $(grep -o 'stat::number_of_executed_units: [0-9]*' "$logs/$name.log" | tail -1 || tail -1 "$logs/$name.log")" >>"$logs/tap-fuzz.txt"
       else
         tail -n 40 "$logs/$name.log"

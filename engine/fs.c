@@ -5,6 +5,7 @@
  * permission, locked, invalid or io) for code that needs to tell cases apart. Bad arguments raise. */
 #define _GNU_SOURCE
 #include "fs.h"
+#include "luax.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -595,12 +596,6 @@ int luaopen_runbox_fs(lua_State *L) {
         lua_setfield(L, -2, "__tostring");
     }
     lua_pop(L, 1);
-    luaL_newlibtable(L, f);
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "runbox.errors");
-    lua_call(L, 1, 1);
-    lua_getfield(L, -1, "new");
-    lua_remove(L, -2);
-    luaL_setfuncs(L, f, 1);
+    rbx_newlib_with_errors(L, f, 0);
     return 1;
 }

@@ -10,6 +10,7 @@
  * Encoding raises on values JSON cannot hold, naming where in the value they are ($.a.b[2]). */
 #define _GNU_SOURCE
 #include "json.h"
+#include "luax.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -657,22 +658,10 @@ static int l_pretty(lua_State *L) {
 /* ================================================================================================
  * files, arrays */
 
-static void push_fs_function(lua_State *L, const char *name) {
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "runbox.fs");
-    lua_call(L, 1, 1);
-    lua_getfield(L, -1, name);
-    lua_remove(L, -2);
-}
-
 static int l_decode_file(lua_State *L) {
     luaL_checkstring(L, 1);
     lua_settop(L, 1);
-    push_fs_function(L, "read");
-    lua_pushvalue(L, 1);
-    lua_call(L, 1, 2);
-    if (lua_isnil(L, -2)) return 2;   /* the fs error names the file */
-    lua_pop(L, 1);
+    if (!rbx_read_file(L, 1)) return 2;   /* the fs error names the file */
     size_t n;
     const char *s = lua_tolstring(L, -1, &n);
     int r = decode(L, s, n, lua_tostring(L, 1));
@@ -695,7 +684,7 @@ static int l_encode_file(lua_State *L) {
     int mode = lua_gettop(L);
     encode(L, 2, pretty, 1);
     int text = lua_gettop(L);
-    push_fs_function(L, "write_atomic");
+    rbx_push_module_field(L, "runbox.fs", "write_atomic");
     lua_pushvalue(L, 1);
     lua_pushvalue(L, text);
     lua_pushvalue(L, mode);
@@ -728,18 +717,12 @@ int luaopen_runbox_json(lua_State *L) {
         {"decode", l_decode}, {"encode", l_encode}, {"pretty", l_pretty},
         {"decode_file", l_decode_file}, {"encode_file", l_encode_file},
         {"array", l_array}, {"is_array", l_is_array}, {NULL, NULL}};
-    luaL_newlibtable(L, f);
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "runbox.errors");
-    lua_call(L, 1, 1);
-    lua_getfield(L, -1, "new");
-    lua_remove(L, -2);
     lua_newtable(L);                      /* marks: weak keys, so marking never keeps a table alive */
     lua_createtable(L, 0, 1);
     lua_pushliteral(L, "k");
     lua_setfield(L, -2, "__mode");
     lua_setmetatable(L, -2);
-    luaL_setfuncs(L, f, 2);
+    rbx_newlib_with_errors(L, f, 1);
     lua_pushlightuserdata(L, NULL);
     lua_setfield(L, -2, "null");
     return 1;

@@ -2,6 +2,7 @@
  * docs/api/util.md. Failures on outside data return nil, err (a runbox.errors object). */
 #define _GNU_SOURCE
 #include "util.h"
+#include "luax.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -483,14 +484,7 @@ static int l_load_dotenv(lua_State *L) {
         lua_pop(L, 2);
     }
     lua_settop(L, 1);
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "runbox.fs");
-    lua_call(L, 1, 1);
-    lua_getfield(L, -1, "read");
-    lua_pushvalue(L, 1);
-    lua_call(L, 1, 2);
-    if (lua_isnil(L, -2)) return 2;   /* nil, err from fs.read names the file */
-    lua_pop(L, 1);
+    if (!rbx_read_file(L, 1)) return 2;   /* nil, err from fs.read names the file */
     size_t n;
     const char *s = lua_tolstring(L, -1, &n);
     struct dotenv p = {s, s + n, path, 1, NULL, 0};
@@ -526,12 +520,6 @@ int luaopen_runbox_util(lua_State *L) {
         {"base64_encode", l_base64_encode}, {"base64_decode", l_base64_decode}, {"getenv", l_getenv},
         {"env", l_env}, {"load_dotenv", l_load_dotenv}, {"hostname", l_hostname}, {"pid", l_pid},
         {"run_id", l_run_id}, {NULL, NULL}};
-    luaL_newlibtable(L, f);
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "runbox.errors");
-    lua_call(L, 1, 1);
-    lua_getfield(L, -1, "new");
-    lua_remove(L, -2);
-    luaL_setfuncs(L, f, 1);
+    rbx_newlib_with_errors(L, f, 0);
     return 1;
 }

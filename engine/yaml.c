@@ -7,6 +7,7 @@
  * Bad input never raises: decode returns nil, err with the line and column. */
 #define _GNU_SOURCE
 #include "rb_yaml.h"
+#include "luax.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -408,14 +409,7 @@ static int l_decode_all(lua_State *L) {
 static int l_decode_file(lua_State *L) {
     luaL_checkstring(L, 1);
     lua_settop(L, 1);
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "runbox.fs");
-    lua_call(L, 1, 1);
-    lua_getfield(L, -1, "read");
-    lua_pushvalue(L, 1);
-    lua_call(L, 1, 2);
-    if (lua_isnil(L, -2)) return 2;   /* the fs error names the file */
-    lua_pop(L, 1);
+    if (!rbx_read_file(L, 1)) return 2;   /* the fs error names the file */
     size_t n;
     const char *s = lua_tolstring(L, -1, &n);
     if (decode_docs(L, s, n, lua_tostring(L, 1)) == 2) return 2;
@@ -427,13 +421,7 @@ static int l_decode_file(lua_State *L) {
 int luaopen_runbox_yaml(lua_State *L) {
     static const luaL_Reg f[] = {
         {"decode", l_decode}, {"decode_all", l_decode_all}, {"decode_file", l_decode_file}, {NULL, NULL}};
-    luaL_newlibtable(L, f);
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "runbox.errors");
-    lua_call(L, 1, 1);
-    lua_getfield(L, -1, "new");
-    lua_remove(L, -2);
-    luaL_setfuncs(L, f, 1);
+    rbx_newlib_with_errors(L, f, 0);
     lua_pushlightuserdata(L, NULL);
     lua_setfield(L, -2, "null");
     return 1;

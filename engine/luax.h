@@ -1,0 +1,18 @@
+/* Small Lua helpers shared by the C modules. */
+#ifndef RUNBOX_LUAX_H
+#define RUNBOX_LUAX_H
+#include <lua.h>
+#include <lauxlib.h>
+
+/* Pushes require(module)[field]. */
+void rbx_push_module_field(lua_State *L, const char *module, const char *field);
+
+/* Reads the file whose path is at index path_idx through runbox.fs.read. Returns 1 with the data
+ * pushed, or 0 with nil, err pushed (err names the file). */
+int rbx_read_file(lua_State *L, int path_idx);
+
+/* Like luaL_newlib, but every function gets runbox.errors.new as its first upvalue, followed by the
+ * nup values already on the stack (they are popped). */
+void rbx_newlib_with_errors(lua_State *L, const luaL_Reg *funcs, int nup);
+
+#endif

@@ -43,17 +43,22 @@ static void close_fd(int *fd) {
     if (*fd >= 0) { rb_forget_fd(*fd); close(*fd); *fd = -1; }
 }
 
+/* Reaps the child if it has exited (flags: WNOHANG to only look). Returns 1 once it is reaped.
+ * Without a pidfd (pidfd_open can fail, e.g. under valgrind) waitid on the pid does the job. An
+ * error other than EINTR marks the child gone, so nothing can loop on a child that is not ours. */
 static int try_reap(proc *p, int flags) {
     if (p->exited) return 1;
     siginfo_t si;
     memset(&si, 0, sizeof si);
-    if (waitid(P_PIDFD, (id_t)p->pidfd, &si, WEXITED | flags) < 0) {
-        if (errno == ECHILD) { p->exited = 1; p->code = CLD_EXITED; p->status = 255; goto done; }
-        return 0;
+    int rc = p->pidfd >= 0 ? waitid(P_PIDFD, (id_t)p->pidfd, &si, WEXITED | flags)
+                           : waitid(P_PID, (id_t)p->pid, &si, WEXITED | flags);
+    if (rc < 0) {
+        if (errno == EINTR) return 0;
+        si.si_code = CLD_EXITED; si.si_status = 255;
+    } else if (si.si_pid == 0) {
+        return 0;                     /* still running */
     }
-    if (si.si_pid == 0) return 0;     /* still running */
     p->exited = 1; p->code = si.si_code; p->status = si.si_status;
-done:
     close_fd(&p->pidfd);
     unlink_live(p);
     return 1;
@@ -68,7 +73,11 @@ static void kill_and_reap(proc *p) {
 }
 
 void rb_proc_reap_all(void) {
-    while (live_head) kill_and_reap(live_head);
+    while (live_head) {
+        proc *p = live_head;
+        kill_and_reap(p);
+        if (live_head == p) unlink_live(p);   /* always move on */
+    }
 }
 
 static proc *check(lua_State *L) { return luaL_checkudata(L, 1, PROC_MT); }
@@ -207,7 +216,7 @@ static int l_spawn(lua_State *L) {
     if (live_head) live_head->prev = p;
     live_head = p;
     luaL_setmetatable(L, PROC_MT);
-    if (p->pidfd < 0) { kill_and_reap(p); return luaL_error(L, "pidfd_open: %s", strerror(errno)); }
+    /* no pidfd (an old kernel, valgrind): the Lua side then polls the exit with short sleeps */
     return 1;
 
 fail:

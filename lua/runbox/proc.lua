@@ -22,7 +22,8 @@ local function wait_exit(p)
       p.how, p.status = how, code
       return
     end
-    sched.wait_fd(p._c:pidfd(), "r")
+    local pidfd = p._c:pidfd()
+    if pidfd then sched.wait_fd(pidfd, "r") else sched.sleep(0.01) end   -- no pidfd: poll
   end
 end
 

@@ -286,6 +286,7 @@ int rb_poll(double timeout, const rb_id **ids, int *nids, const int **sigs, int 
         if (until < 0) until = 0;
         if (timeout < 0 || until < timeout) timeout = until;
     }
+    if (timeout > 3600) timeout = 3600;   /* a far deadline (sleep(math.huge)) must not overflow int */
     int ms = timeout < 0 ? -1 : (int)ceil(timeout * 1000.0);
     struct epoll_event evs[256];
     int n = epoll_wait(L0.epfd, evs, 256, ms);

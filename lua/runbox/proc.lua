@@ -67,7 +67,8 @@ function M.spawn(cmd)
   for k, v in pairs(cmd) do if type(k) ~= "number" then args[k] = v end end
   args.stdin = feed and "pipe" or cmd.stdin
   local c, err = cproc.spawn(args)
-  if not c then return nil, errors.new("spawn", err, {argv = cmd}) end
+  -- argv only: cmd also holds env, whose values must not travel in an error that may be logged
+  if not c then return nil, errors.new("spawn", err, {argv = table.move(cmd, 1, #cmd, 1, {})}) end
   local p = setmetatable({_c = c, pid = c:pid(), name = cmd[1], keep_group = cmd.keep_group,
                           _exited = sched.event()}, Proc)
   p._reaper = sched.spawn(reaper, p, cmd.timeout, cmd.kill_grace or 2)

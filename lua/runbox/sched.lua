@@ -42,7 +42,9 @@ end
 -- Interrupts t with err (cancellation or timeout): at once if parked, else at its next park.
 local function interrupt(t, err)
   if t.status == "done" then return end
-  if not wake(t, "interrupt", err) then t.pending = err end
+  if wake(t, "interrupt", err) then return end
+  -- a pending cancellation wins over a later timeout, which a caller's timeout() would swallow
+  if not (t.pending and errors.is(t.pending, "cancelled")) then t.pending = err end
 end
 
 -- Parks the running task until something wakes it. detach() unhooks it from what it waited on
@@ -114,6 +116,8 @@ end
 -- Lets every other ready task run once.
 function M.yield()
   local t = current
+  if not t then error("sched.yield needs a task", 2) end
+  if t.pending then park() end   -- raises it now: a queued wake-up would outlive the error
   t.status = "parked"
   wake(t, "wake")
   park()
@@ -374,7 +378,11 @@ function M.scope(fn, ...)
       end
     end
     if #open == 0 then break end
-    M.wait_any(open)
+    local ok, err = pcall(M.wait_any, open)
+    if not ok then                -- this task was interrupted: its tasks must not outlive the scope
+      s:cancel("scope interrupted")
+      first_err = err
+    end
   end
   if first_err then error(first_err, 0) end
   return unpack(r, 2, r.n)

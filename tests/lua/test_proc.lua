@@ -89,6 +89,8 @@ T.test("a missing program is an error value naming it", function()
   T.match(err.message, "no%-such%-program%-xyz")
   local _, err2 = proc.spawn{"ls", cwd = "/no/such/dir"}
   T.match(err2.message, "/no/such/dir")
+  local _, err3 = proc.spawn{"no-such-program-xyz", "a", env = {TOKEN = "s3cr3t-value"}}
+  T.eq(err3.argv, {"no-such-program-xyz", "a"}, "the error carries the argv only, no env values")
 end)
 
 T.test("bad options raise clear errors", function()

@@ -195,4 +195,57 @@ T.test("coroutine.yield straight from a task is an error, not a hang", function(
   T.match(errors.message(err), "coroutine.yield")
 end)
 
+T.test("a cancel delivered at sched.yield leaves no stale wake-up behind", function()
+  local slept
+  local t = sched.spawn(function()
+    sched.current():cancel()
+    pcall(sched.yield)                 -- raises the pending cancel
+    local t0 = sched.now()
+    sched.sleep(0.05)                  -- must not be woken by yield's queued wake-up
+    slept = sched.now() - t0
+  end)
+  t:wait()
+  T.ok(slept and slept >= 0.04, "sleep after a cancelled yield returned after " .. tostring(slept))
+end)
+
+T.test("a deadline firing after a cancel does not swallow the cancel", function()
+  local ev = sched.event()
+  local after
+  local t = sched.spawn(function()
+    sched.timeout(0.02, function() ev:wait() end)
+    after = "continued"
+    sched.sleep(0.01)
+    after = "never cancelled"
+  end)
+  sched.spawn(function()
+    local t0 = sched.now()
+    while sched.now() - t0 < 0.04 do end   -- the deadline expires while nobody polls
+    ev:set()                                 -- t is ready ...
+    t:cancel("test")                         -- ... and then cancelled, before the deadline is seen
+  end)
+  local ok, err = t:wait()
+  T.eq(ok, false, "task result (after = " .. tostring(after) .. ")")
+  T.ok(errors.is(err, "cancelled"), tostring(err))
+end)
+
+T.test("a cancelled scope cancels and waits for its tasks", function()
+  local done_child
+  local child
+  local t = sched.spawn(function()
+    sched.scope(function(s)
+      child = s:spawn(function()
+        local guard <close> = setmetatable({}, {__close = function() done_child = "cleaned" end})
+        sched.sleep(5)
+      end)
+    end)
+  end)
+  sched.sleep(0.01)
+  t:cancel("test")
+  local ok, err = t:wait()
+  T.eq(ok, false)
+  T.ok(errors.is(err, "cancelled"), tostring(err))
+  T.eq(child.status, "done", "the scope's task outlived the scope")
+  T.eq(done_child, "cleaned")
+end)
+
 T.run()

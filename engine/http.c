@@ -7,6 +7,7 @@
  * Its two ids are notified for the Lua side: `rid` when there is something new to read (headers
  * complete, body bytes, the end), `sid` when the request body can take more data (or the end).
  * The Lua wrapper (lua/runbox/http.lua) parks on those ids and turns this into requests. */
+#include "lazy.h"
 #include "loop.h"
 
 #include <curl/curl.h>
@@ -718,6 +719,8 @@ static int l_shutdown(lua_State *L) {
 }
 
 int luaopen_runbox_c_http(lua_State *L) {
+    char lazy_err[1024];    /* libcurl is loaded here, not at start-up (lazy.h) */
+    if (rb_lazy_curl_load(lazy_err, sizeof lazy_err) != 0) return luaL_error(L, "%s", lazy_err);
     static const luaL_Reg methods[] = {
         {"ids", l_ids}, {"state", l_state}, {"head", l_head}, {"trailers", l_trailers},
         {"read", l_read}, {"write", l_write}, {"finish", l_finish}, {"result", l_result},

@@ -136,10 +136,12 @@ static int rearm(int fd, struct fdrec *r) {
 int rb_watch_fd(int fd, char dir, rb_id id) {
     struct fdrec *r = rec(fd);
     if (!r) { errno = EBADF; return -1; }
-    if (dir == 'w') r->wid = id; else r->rid = id;
+    rb_id *slot = dir == 'w' ? &r->wid : &r->rid;
+    if (*slot) { errno = EBUSY; return -1; }   /* one waiter per direction: a second would strand the first */
+    *slot = id;
     if (rearm(fd, r) < 0) {
+        *slot = 0;
         if (errno == EPERM) {   /* regular files are always ready: epoll refuses them */
-            if (dir == 'w') r->wid = 0; else r->rid = 0;
             rb_notify(id);
             return 0;
         }
@@ -331,7 +333,9 @@ static int l_watch(lua_State *L) {
     char dir = dir_arg(L, 2);
     rb_id id = rb_new_id();
     if (rb_watch_fd(fd, dir, id) < 0) {
-        lua_pushnil(L); lua_pushstring(L, strerror(errno)); return 2;
+        lua_pushnil(L);
+        lua_pushstring(L, errno == EBUSY ? "another task is already waiting on it in that direction" : strerror(errno));
+        return 2;
     }
     lua_pushinteger(L, (lua_Integer)id);
     return 1;

@@ -165,7 +165,9 @@ static int l_spawn(lua_State *L) {
     const char *out = stream_opt(L, "stdout", "pipe");
     const char *err = stream_opt(L, "stderr", "pipe");
     lua_getfield(L, 1, "cwd");
-    const char *cwd = luaL_optstring(L, -1, NULL);
+    if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
+        return luaL_error(L, "proc.spawn: cwd must be a string (a folder path), not a %s", luaL_typename(L, -1));
+    const char *cwd = lua_tostring(L, -1);
     int n_env;
     char **envp = build_env(L, &n_env);
 

@@ -12,6 +12,7 @@
  * Errors are returned to Lua as nil, message[, reason, entry]; the Lua layer (runbox.tar) turns them
  * into error objects. */
 #define _GNU_SOURCE
+#include "lazy.h"
 #include <archive.h>
 #include <archive_entry.h>
 #include <dirent.h>
@@ -617,8 +618,8 @@ static int l_packer(lua_State *L) {
         }
     }
 
+    lua_Integer level = opt_int_field(L, 1, "level", 0);   /* may raise: before the malloc below */
     char *compression = opt_str_field(L, 1, "compression");
-    lua_Integer level = opt_int_field(L, 1, "level", 0);
     if (rc != 0 || !p->root || !p->prefix) { free(compression); return luaL_error(L, "tar: out of memory"); }
 
     struct stat st;
@@ -1192,6 +1193,8 @@ static void new_class(lua_State *L, const char *name, const luaL_Reg *methods, l
 }
 
 int luaopen_runbox_c_tar(lua_State *L) {
+    char lazy_err[1024];    /* libarchive is loaded here, not at start-up (lazy.h) */
+    if (rb_lazy_archive_load(lazy_err, sizeof lazy_err) != 0) return luaL_error(L, "%s", lazy_err);
     static const luaL_Reg packer_methods[] = {{"read", l_packer_read}, {"close", l_packer_close}, {"buffered", l_packer_buffered}, {NULL, NULL}};
     static const luaL_Reg unpacker_methods[] = {{"step", l_unpacker_step}, {"close", l_unpacker_close}, {NULL, NULL}};
     static const luaL_Reg none[] = {{NULL, NULL}};

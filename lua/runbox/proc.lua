@@ -37,6 +37,8 @@ local function terminate(p, grace)
 end
 
 local function reaper(p, timeout, grace)
+  -- whatever happens below, waiters of p:wait() must wake up
+  local done <close> = setmetatable({}, {__close = function() p._exited:set() end})
   local ok = pcall(function()
     if not timeout then return wait_exit(p) end
     if not sched.timeout(timeout, wait_exit, p) then
@@ -49,7 +51,6 @@ local function reaper(p, timeout, grace)
     wait_exit(p)
   end
   if not p.keep_group then p._c:kill(SIGKILL) end   -- leftovers in the group
-  p._exited:set()
 end
 
 -- Starts a process. cmd is {"prog", "arg", ..., opts...} with options:

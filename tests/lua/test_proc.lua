@@ -97,6 +97,7 @@ T.test("bad options raise clear errors", function()
   T.raises("stdout must be", proc.spawn, {"true", stdout = "bogus"})
   T.raises("empty", proc.spawn, {})
   T.raises("argument 2", proc.spawn, {"echo", {}})
+  T.raises("cwd must be a string", proc.spawn, {"true", cwd = 42})
 end)
 
 T.test("100 processes at once, no zombies left", function()
@@ -118,6 +119,16 @@ T.test("100 processes at once, no zombies left", function()
     end
   end
   T.eq(zombies, 0)
+end)
+
+T.test("a second task reading the same stream gets an error instead of hanging", function()
+  local p <close> = assert(proc.spawn{"sh", "-c", "sleep 0.2; echo done"})
+  local first = sched.spawn(function() return p:read() end)
+  sched.sleep(0.02)
+  local ok, err = pcall(p.read, p)
+  T.eq(ok, false)
+  T.match(errors.message(err), "already waiting")
+  T.eq(first:join(), "done\n")
 end)
 
 T.test("wait with a timeout leaves the process running", function()

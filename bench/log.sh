@@ -5,9 +5,9 @@
 source "$(dirname "$0")/common.sh"
 SIZE=${LOG_BENCH_BYTES:-1073741824}
 BIG=$SCRATCH/lines-$SIZE.txt
-if [ ! -f "$BIG" ]; then
-  yes "$(printf 'runbox log line %.0s' 1 2 3 4 5) with some padding to reach about one hundred bytes." \
-    | head -c "$SIZE" > "$BIG"
+LINE="$(printf 'runbox log line %.0s' 1 2 3 4) with some padding to make one hundred bytes..."
+if [ ! -f "$BIG" ]; then   # whole lines of 100 bytes, about SIZE bytes in all
+  yes "$LINE" | head -n $((SIZE / (${#LINE} + 1))) > "$BIG"
 fi
 echo "input: $(du -h --apparent-size "$BIG" | cut -f1), $(wc -l < "$BIG") lines"
 OUT=$SCRATCH/log-out

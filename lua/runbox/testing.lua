@@ -8,6 +8,7 @@
 -- failure, not a stuck suite. RUNBOX_TEST_FILTER=pattern runs only matching tests.
 local sched = require "runbox.sched"
 local errors = require "runbox.errors"
+local fs = require "runbox.fs"
 
 local M = {timeout = 60}
 local tests = {}
@@ -98,6 +99,67 @@ function M.run()
   print(("1..%d"):format(n))
   print(("# %s: %d passed, %d failed"):format(file, passed, failed))
   if failed > 0 then os.exit(1) end
+end
+
+---------------------------------------------------------------------------------------------------
+-- Helpers for tests that start processes, count descriptors or need scratch files.
+
+-- The runbox binary for child processes: $RUNBOX_BIN (made absolute against $PWD, so it still
+-- works when the child runs elsewhere), else the binary running this test.
+function M.runbox_bin()
+  local bin = os.getenv("RUNBOX_BIN")
+  if bin and bin ~= "" then
+    if bin:sub(1, 1) ~= "/" then bin = (os.getenv("PWD") or assert(fs.realpath("."))) .. "/" .. bin end
+    return bin
+  end
+  return assert(fs.readlink("/proc/self/exe"))
+end
+
+-- True while the process exists and is not a zombie (an exited child nobody reaped yet).
+function M.pid_alive(pid)
+  local n = math.tointeger(tonumber(pid))
+  if not n or n <= 0 then
+    error(("bad argument #1 to 'pid_alive' (pid expected, got %s)"):format(show(pid)), 2)
+  end
+  local stat = fs.read("/proc/" .. n .. "/stat")
+  -- the state letter follows the command name, which is in parentheses and may contain ')'
+  return stat ~= nil and stat:match("^.*%) (%a)") ~= "Z"
+end
+
+-- Number of open descriptors of this process. Collects garbage first, so sockets and files that
+-- are no longer referenced are closed (and not counted) by their finalizers.
+function M.open_fds()
+  collectgarbage(); collectgarbage()
+  local names = assert(fs.list("/proc/self/fd"))
+  -- the listing's own descriptor is closed by now: only the names that still resolve count
+  local n = 0
+  for _, name in ipairs(names) do
+    if fs.readlink("/proc/self/fd/" .. name) then n = n + 1 end
+  end
+  return n
+end
+
+-- The test file's name without ".lua" ("test_fs"), a default prefix for temp dirs; "runbox-test"
+-- when not run from a .lua file (runbox -e).
+local function script_name()
+  local file = arg and type(arg[0]) == "string" and arg[0] or ""
+  return file:match("([%w_][%w_.-]*)%.lua$") or "runbox-test"
+end
+
+-- A test function calling fn(dir) with a fresh private temp dir (fs.temp_dir(prefix), prefix the
+-- test file's name by default), removed afterwards also when fn fails. The dir is made writable
+-- again first, in case the test took permissions away. A failure of fn wins over one of removal.
+function M.with_temp_dir(fn, prefix)
+  if type(fn) ~= "function" then error("bad argument #1 to 'with_temp_dir' (function expected)", 2) end
+  prefix = prefix or script_name()
+  return function()
+    local dir = assert(fs.temp_dir(prefix))
+    local ok, err = pcall(fn, dir)
+    fs.chmod(dir, "700")
+    local removed, rerr = fs.remove_tree(dir)
+    if not ok then error(err, 0) end
+    if not removed then error(rerr, 0) end
+  end
 end
 
 return M

@@ -8,6 +8,8 @@
 -- "{portfile}" and "{parent}" in the command are replaced by a fresh file the server writes its
 -- port to once listening, and this process's pid (so the server can exit when the test dies).
 local sched = require "runbox.sched"
+local fs = require "runbox.fs"
+local T = require "runbox.testing"
 
 local M = {}
 
@@ -15,21 +17,8 @@ M.root = (arg and arg[0] and arg[0]:match("^(.*)/tests/lua/[^/]*$")) or os.geten
 
 local function quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
-local function read_file(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
 function M.pid()
-  return tonumber(read_file("/proc/self/stat"):match("^(%d+)"))
-end
-
-local function alive(pid)
-  local stat = read_file("/proc/" .. pid .. "/stat")
-  return stat ~= nil and not stat:match("^%d+ %b() Z")
+  return tonumber(assert(fs.read("/proc/self/stat")):match("^(%d+)"))
 end
 
 local Server = {}
@@ -41,14 +30,14 @@ function Server:stop()
   self.stopped = true
   os.execute("kill " .. self.pid .. " 2>/dev/null")
   for _ = 1, 150 do
-    if not alive(self.pid) then break end
+    if not T.pid_alive(self.pid) then break end
     sched.sleep(0.02)
   end
-  if alive(self.pid) then os.execute("kill -9 " .. self.pid .. " 2>/dev/null") end
+  if T.pid_alive(self.pid) then os.execute("kill -9 " .. self.pid .. " 2>/dev/null") end
   os.remove(self.portfile); os.remove(self.pidfile); os.remove(self.logfile)
 end
 
-function Server:log() return read_file(self.logfile) or "" end
+function Server:log() return fs.read(self.logfile) or "" end
 
 -- Starts argv in the background and waits until it wrote its port file.
 function M.start(argv)
@@ -60,14 +49,14 @@ function M.start(argv)
     words[i] = quote((a:gsub("{portfile}", s.portfile):gsub("{parent}", tostring(M.pid()))))
   end
   os.execute(("%s >%s 2>&1 & echo $! >%s"):format(table.concat(words, " "), quote(s.logfile), quote(s.pidfile)))
-  s.pid = tonumber(read_file(s.pidfile))
+  s.pid = tonumber((fs.read(s.pidfile)))
   for _ = 1, 750 do
-    local port = read_file(s.portfile)
+    local port = fs.read(s.portfile)
     if port and port ~= "" then
       s.port = tonumber(port) or port
       return s
     end
-    if not alive(s.pid) then break end
+    if not T.pid_alive(s.pid) then break end
     sched.sleep(0.02)
   end
   local log = s:log()
@@ -84,6 +73,5 @@ function M.tempdir()
 end
 
 M.quote = quote
-M.read_file = read_file
 
 return M

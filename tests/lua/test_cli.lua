@@ -2,26 +2,17 @@
 local T = require "runbox.testing"
 local sched = require "runbox.sched"
 local proc = require "runbox.proc"
+local fs = require "runbox.fs"
 
-local BIN = os.getenv("RUNBOX_BIN") or "build/runbox"
+local BIN = T.runbox_bin()
 local dir = os.tmpname()
 os.remove(dir)
 assert(os.execute("mkdir -p " .. dir))
 
 local function write(name, text)
   local path = dir .. "/" .. name
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
+  assert(fs.write(path, text))
   return path
-end
-
-local function read(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
 end
 
 local function runbox(args, opts)
@@ -30,11 +21,6 @@ local function runbox(args, opts)
   for k, v in pairs(opts or {}) do cmd[k] = v end
   cmd.timeout = cmd.timeout or 30
   return assert(proc.run(cmd))
-end
-
-local function alive(pid)
-  local s = read("/proc/" .. pid .. "/stat")
-  return s ~= nil and not s:match("^%d+ %b() Z")
 end
 
 T.test("--version and --help", function()
@@ -98,7 +84,7 @@ T.test("os.exit runs cleanup first and keeps the status", function()
   ]]):format(marker))
   local r = runbox{path}
   T.eq(r.code, 7)
-  T.eq(read(marker), "done")
+  T.eq(fs.read(marker), "done")
   T.eq(r.stderr, "")
 end)
 
@@ -135,13 +121,13 @@ end
 T.test("SIGINT cancels, runs cleanup, kills children, exits 130", function()
   local marker, pidfile = dir .. "/int-marker", dir .. "/int-pid"
   local p <close> = start_and_wait_ready(interruptible(marker, pidfile))
-  local child = tonumber(read(pidfile))
-  T.ok(alive(child))
+  local child = tonumber((fs.read(pidfile)))
+  T.ok(T.pid_alive(child))
   p:kill(2)
   local code = p:wait()
   T.eq(code, 130)
-  T.eq(read(marker), "cleaned")
-  T.ok(not alive(child), "child process is gone")
+  T.eq(fs.read(marker), "cleaned")
+  T.ok(not T.pid_alive(child), "child process is gone")
 end)
 
 T.test("a second signal during cleanup does not skip cleanup", function()
@@ -152,8 +138,8 @@ T.test("a second signal during cleanup does not skip cleanup", function()
   p:kill(2)
   local code = p:wait()
   T.eq(code, 130)
-  T.eq(read(marker), "cleaned")
-  T.ok(not alive(tonumber(read(pidfile))))
+  T.eq(fs.read(marker), "cleaned")
+  T.ok(not T.pid_alive(tonumber((fs.read(pidfile)))))
   T.match(p:read_all("stderr"), "still cleaning up")
 end)
 
@@ -162,7 +148,7 @@ T.test("SIGTERM exits 143 after cleanup", function()
   local p <close> = start_and_wait_ready(interruptible(marker, pidfile))
   p:kill(15)
   T.eq(p:wait(), 143)
-  T.eq(read(marker), "cleaned")
+  T.eq(fs.read(marker), "cleaned")
 end)
 
 T.test("a task that fails with nothing waiting for it is reported at exit", function()

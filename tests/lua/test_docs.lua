@@ -3,8 +3,7 @@
 local T = require "runbox.testing"
 local proc = require "runbox.proc"
 
-local BIN = os.getenv("RUNBOX_BIN") or "build/runbox"
-if BIN:sub(1, 1) ~= "/" then BIN = os.getenv("PWD") .. "/" .. BIN end  -- examples run in /tmp
+local BIN = T.runbox_bin()   -- absolute: examples run in /tmp
 local SRC = os.getenv("RUNBOX_SOURCE") or "."
 
 local function blocks(path)

@@ -4,18 +4,7 @@ local proc = require "runbox.proc"
 local sched = require "runbox.sched"
 local errors = require "runbox.errors"
 
-local BIN = os.getenv("RUNBOX_BIN") or assert(fs.readlink("/proc/self/exe"))
-
--- A fresh temp dir per test, removed afterwards (also when the test fails).
-local function with_dir(fn)
-  return function()
-    local d = assert(fs.temp_dir("test-fs"))
-    local ok, err = pcall(fn, d)
-    fs.chmod(d, "700")
-    assert(fs.remove_tree(d))
-    if not ok then error(err, 0) end
-  end
-end
+local BIN = T.runbox_bin()
 
 -- Runs a Lua snippet in a second runbox process; returns its result table.
 local function child(code, opts)
@@ -26,7 +15,7 @@ end
 
 local function quote(s) return ("%q"):format(s) end
 
-T.test("read and write round-trip binary data", with_dir(function(d)
+T.test("read and write round-trip binary data", T.with_temp_dir(function(d)
   local data = "a\0b\255\n" .. ("x"):rep(200000)
   T.eq(fs.write(d .. "/f", data), true)
   T.eq(fs.read(d .. "/f"), data)
@@ -36,7 +25,7 @@ T.test("read and write round-trip binary data", with_dir(function(d)
   T.eq(fs.read(d .. "/empty"), "")
 end))
 
-T.test("read of a missing file names it", with_dir(function(d)
+T.test("read of a missing file names it", T.with_temp_dir(function(d)
   local v, err = fs.read(d .. "/missing.txt")
   T.eq(v, nil)
   T.ok(errors.is(err, "fs"))
@@ -57,7 +46,7 @@ T.test("bad arguments raise", function()
   T.raises("bad argument", fs.append, "/tmp/x", "a", "yes")
 end)
 
-T.test("write_atomic replaces the file and leaves nothing else", with_dir(function(d)
+T.test("write_atomic replaces the file and leaves nothing else", T.with_temp_dir(function(d)
   local p = d .. "/data.json"
   T.eq(fs.write_atomic(p, "one"), true)
   T.eq(fs.read(p), "one")
@@ -69,7 +58,7 @@ T.test("write_atomic replaces the file and leaves nothing else", with_dir(functi
   T.match(tostring(err), "cannot create a temporary file in '.*/nodir'")
 end))
 
-T.test("write_atomic keeps the mode of the file it replaces, or takes the one given", with_dir(function(d)
+T.test("write_atomic keeps the mode of the file it replaces, or takes the one given", T.with_temp_dir(function(d)
   local p = d .. "/script.sh"
   fs.write(p, "old")
   fs.chmod(p, "750")
@@ -81,7 +70,7 @@ T.test("write_atomic keeps the mode of the file it replaces, or takes the one gi
   T.eq(fs.stat(d .. "/other").mode, tonumber("640", 8))
 end))
 
-T.test("write_atomic in an unwritable directory fails and leaves no temp file", with_dir(function(d)
+T.test("write_atomic in an unwritable directory fails and leaves no temp file", T.with_temp_dir(function(d)
   local target = d .. "/ro"
   fs.mkdir_p(target)
   fs.write(target .. "/f", "old")
@@ -105,7 +94,7 @@ T.test("write_atomic in an unwritable directory fails and leaves no temp file", 
   T.eq(fs.read(target .. "/f"), "old")
 end))
 
-T.test("write_atomic that fails while writing removes its temp file", with_dir(function(d)
+T.test("write_atomic that fails while writing removes its temp file", T.with_temp_dir(function(d)
   -- a 1 KiB file size limit makes write(2) fail with EFBIG after the temp file exists
   fs.write(d .. "/f", "old")
   local script = ([[
@@ -120,7 +109,7 @@ T.test("write_atomic that fails while writing removes its temp file", with_dir(f
   T.eq(fs.read(d .. "/f"), "old")
 end))
 
-T.test("append adds records, creates the file, fsyncs on request", with_dir(function(d)
+T.test("append adds records, creates the file, fsyncs on request", T.with_temp_dir(function(d)
   local p = d .. "/journal.jsonl"
   T.eq(fs.append(p, "one\n"), true)
   T.eq(fs.append(p, "two\n", {fsync = true}), true)
@@ -130,7 +119,7 @@ T.test("append adds records, creates the file, fsyncs on request", with_dir(func
   T.match(tostring(err), "cannot append to '.*/missing/j'")
 end))
 
-T.test("appends from concurrent processes never interleave", with_dir(function(d)
+T.test("appends from concurrent processes never interleave", T.with_temp_dir(function(d)
   local p = d .. "/log"
   local code = ([[
     local fs = require "runbox.fs"
@@ -151,7 +140,7 @@ T.test("appends from concurrent processes never interleave", with_dir(function(d
   T.eq(n, 600)
 end))
 
-T.test("copy_file copies content and mode", with_dir(function(d)
+T.test("copy_file copies content and mode", T.with_temp_dir(function(d)
   local data = ("\0\1binary"):rep(50000)
   fs.write(d .. "/a", data)
   fs.chmod(d .. "/a", "751")
@@ -164,7 +153,7 @@ T.test("copy_file copies content and mode", with_dir(function(d)
   T.match(tostring(err2), "cannot write '.*/no/dir/c'")
 end))
 
-T.test("mkdir_p makes every level, accepts existing ones, refuses a file in the way", with_dir(function(d)
+T.test("mkdir_p makes every level, accepts existing ones, refuses a file in the way", T.with_temp_dir(function(d)
   T.eq(fs.mkdir_p(d .. "/a/b/c"), true)
   T.eq(fs.stat(d .. "/a/b/c").type, "dir")
   T.eq(fs.mkdir_p(d .. "/a/b/c"), true)
@@ -180,7 +169,7 @@ T.test("mkdir_p makes every level, accepts existing ones, refuses a file in the 
   T.raises("must not be empty", fs.mkdir_p, "")
 end))
 
-T.test("exists, stat and lstat", with_dir(function(d)
+T.test("exists, stat and lstat", T.with_temp_dir(function(d)
   fs.write(d .. "/f", "12345")
   fs.symlink("f", d .. "/link")
   fs.symlink("nowhere", d .. "/dangling")
@@ -202,14 +191,14 @@ T.test("exists, stat and lstat", with_dir(function(d)
   T.eq(fs.stat("/dev/null").type, "char")
 end))
 
-T.test("list is sorted and names a missing dir", with_dir(function(d)
+T.test("list is sorted and names a missing dir", T.with_temp_dir(function(d)
   for _, n in ipairs{"b", "a", "C", "a.txt", ".hidden"} do fs.write(d .. "/" .. n, "") end
   T.eq(fs.list(d), {".hidden", "C", "a", "a.txt", "b"})
   local _, err = fs.list(d .. "/none")
   T.match(tostring(err), "cannot list '.*/none': No such file")
 end))
 
-T.test("walk lists the tree in sorted pre-order without following links", with_dir(function(d)
+T.test("walk lists the tree in sorted pre-order without following links", T.with_temp_dir(function(d)
   fs.mkdir_p(d .. "/t/b/deep")
   fs.mkdir_p(d .. "/t/a")
   fs.write(d .. "/t/a/1.txt", "")
@@ -226,7 +215,7 @@ T.test("walk lists the tree in sorted pre-order without following links", with_d
   T.match(tostring(err), "cannot walk '.*/nope'")
 end))
 
-T.test("remove deletes files and empty dirs", with_dir(function(d)
+T.test("remove deletes files and empty dirs", T.with_temp_dir(function(d)
   fs.write(d .. "/f", "")
   fs.mkdir_p(d .. "/e")
   fs.mkdir_p(d .. "/full/x")
@@ -239,7 +228,7 @@ T.test("remove deletes files and empty dirs", with_dir(function(d)
   T.eq(err2.reason, "not_found")
 end))
 
-T.test("remove_tree removes everything, even read-only dirs", with_dir(function(d)
+T.test("remove_tree removes everything, even read-only dirs", T.with_temp_dir(function(d)
   fs.mkdir_p(d .. "/t/a/b/c")
   for i = 1, 20 do fs.write(("%s/t/a/b/c/f%d"):format(d, i), "x") end
   fs.write(d .. "/t/top", "x")
@@ -252,7 +241,7 @@ T.test("remove_tree removes everything, even read-only dirs", with_dir(function(
   T.eq(fs.list(d), {})
 end))
 
-T.test("remove_tree does not follow a symlink out of the tree", with_dir(function(d)
+T.test("remove_tree does not follow a symlink out of the tree", T.with_temp_dir(function(d)
   fs.mkdir_p(d .. "/outside/keep")
   fs.write(d .. "/outside/keep/precious", "data")
   fs.mkdir_p(d .. "/tree/sub")
@@ -278,7 +267,7 @@ T.test("remove_tree refuses / and empty paths", function()
   T.ok(fs.exists("/tmp"))
 end)
 
-T.test("temp_dir makes a private dir under TMPDIR", with_dir(function(d)
+T.test("temp_dir makes a private dir under TMPDIR", T.with_temp_dir(function(d)
   local t = assert(fs.temp_dir())
   T.match(t, "/runbox%-......$")
   T.eq(fs.stat(t).mode, tonumber("700", 8))
@@ -293,7 +282,7 @@ T.test("temp_dir makes a private dir under TMPDIR", with_dir(function(d)
   T.raises("must not contain '/'", fs.temp_dir, "a/b")
 end))
 
-T.test("realpath, rename, symlink, readlink, chmod", with_dir(function(d)
+T.test("realpath, rename, symlink, readlink, chmod", T.with_temp_dir(function(d)
   fs.mkdir_p(d .. "/a/b")
   fs.write(d .. "/a/b/f", "x")
   local real = fs.realpath(d)
@@ -321,7 +310,7 @@ T.test("realpath, rename, symlink, readlink, chmod", with_dir(function(d)
   T.match(tostring(err5), "cannot chmod")
 end))
 
-T.test("lock is exclusive, released by unlock, <close> and garbage collection", with_dir(function(d)
+T.test("lock is exclusive, released by unlock, <close> and garbage collection", T.with_temp_dir(function(d)
   local p = d .. "/batch.lock"
   local l = assert(fs.lock(p))
   T.eq(l:held(), true)
@@ -346,7 +335,7 @@ T.test("lock is exclusive, released by unlock, <close> and garbage collection", 
   T.match(tostring(err2), "cannot open lock file")
 end))
 
-T.test("lock contention between two processes", with_dir(function(d)
+T.test("lock contention between two processes", T.with_temp_dir(function(d)
   local p, go = d .. "/lock", d .. "/go"
   -- we hold it: the other process is refused
   local l = assert(fs.lock(p))
@@ -372,7 +361,7 @@ T.test("lock contention between two processes", with_dir(function(d)
   T.ok(fs.lock(p), "free once the holder exited")
 end))
 
-T.test("a lock is not inherited by child processes", with_dir(function(d)
+T.test("a lock is not inherited by child processes", T.with_temp_dir(function(d)
   local p = d .. "/lock"
   local l = assert(fs.lock(p))
   -- a background process started through the shell (which passes on every inheritable fd)

@@ -5,20 +5,6 @@ local sched = require "runbox.sched"
 local net = require "runbox.net"
 local httpd = require "runbox.httpd"
 
--- Open descriptors of this process (os.execute: a popen pipe would be counted too).
-local function count_fds()
-  collectgarbage(); collectgarbage()
-  local f = io.open("/proc/self/stat")
-  local pid = f:read("a"):match("^(%d+)")
-  f:close()
-  local out = os.tmpname()
-  os.execute("ls /proc/" .. pid .. "/fd > " .. out)
-  local n = 0
-  for _ in io.lines(out) do n = n + 1 end
-  os.remove(out)
-  return n
-end
-
 local function connect(srv)
   if srv.unix then return assert(net.connect{unix = srv.unix}) end
   return assert(net.connect{host = "127.0.0.1", port = srv.port})
@@ -569,7 +555,7 @@ T.test("unix socket listener", function()
 end)
 
 T.test("server close with connections open: nothing left running, no fd leaks", function()
-  local before = count_fds()
+  local before = T.open_fds()
   local cleaned, started = false, sched.event()
   local srv = serve(httpd.router{
     ["GET /quick"] = function(req, res) res:send("quick") end,
@@ -602,7 +588,7 @@ T.test("server close with connections open: nothing left running, no fd leaks", 
   T.eq(late, nil, "no longer listening")
   T.eq(err.code, "connect")
   idle:close(); busy:close(); half:close()
-  T.eq(count_fds(), before)
+  T.eq(T.open_fds(), before)
   T.eq(srv.logs, {})
 end)
 

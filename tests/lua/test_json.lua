@@ -3,15 +3,6 @@ local json = require "runbox.json"
 local fs = require "runbox.fs"
 local errors = require "runbox.errors"
 
-local function with_dir(fn)
-  return function()
-    local d = assert(fs.temp_dir("test-json"))
-    local ok, err = pcall(fn, d)
-    fs.remove_tree(d)
-    if not ok then error(err, 0) end
-  end
-end
-
 T.test("decode scalars and containers", function()
   T.eq(json.decode("true"), true)
   T.eq(json.decode(" false "), false)
@@ -237,7 +228,7 @@ T.test("encode then decode gives the same value (random values)", function()
   end
 end)
 
-T.test("decode_file and encode_file", with_dir(function(d)
+T.test("decode_file and encode_file", T.with_temp_dir(function(d)
   local p = d .. "/out.json"
   T.eq(json.encode_file(p, {b = 1, a = {1, 2}}), true)
   T.eq(fs.read(p), '{"a":[1,2],"b":1}\n')

@@ -3,7 +3,7 @@
 local T = require "runbox.testing"
 local proc = require "runbox.proc"
 
-local BIN = os.getenv("RUNBOX_BIN") or "build/runbox"
+local BIN = T.runbox_bin()
 
 local function runbox(code, env)
   return assert(proc.run{BIN, "-e", code, env = env, timeout = 30})

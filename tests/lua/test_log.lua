@@ -3,27 +3,9 @@ local log = require "runbox.log"
 local clog = require "runbox.c.log"
 local proc = require "runbox.proc"
 local sched = require "runbox.sched"
-
-local function runbox_bin()
-  local bin = os.getenv("RUNBOX_BIN")
-  if bin and bin ~= "" then return bin end
-  return "/proc/self/exe"   -- resolved in the spawned child, which is still this runbox
-end
+local fs = require "runbox.fs"
 
 local tmp = assert(proc.run{"mktemp", "-d", "/tmp/runbox-test-log.XXXXXX"}).stdout:gsub("\n$", "")
-
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
 
 local function lines_of(s)
   local out = {}
@@ -44,12 +26,12 @@ local function capture(cmd, sink_opts, pipe_opts)
   p:wait()
   p:close()
   s:close()
-  return read(path), h, bytes, lines
+  return assert(fs.read(path)), h, bytes, lines
 end
 
 -- A process printing what runbox -e CODE prints; returns its {stdout, stderr}.
 local function child(code, env)
-  return assert(proc.run{runbox_bin(), "-e", code, env = env})
+  return assert(proc.run{T.runbox_bin(), "-e", code, env = env})
 end
 
 T.test("lines of a process are copied exactly (10 MB, binary, long and short lines)", function()
@@ -68,7 +50,7 @@ T.test("lines of a process are copied exactly (10 MB, binary, long and short lin
     n = n + 1
   end
   local data = table.concat(parts)
-  write(tmp .. "/big.in", data)
+  assert(fs.write(tmp .. "/big.in", data))
   local got, h, nbytes, nlines = capture{"cat", tmp .. "/big.in"}
   T.eq(#got, #data)
   T.ok(got == data, "content differs")
@@ -94,7 +76,7 @@ end)
 
 T.test("very long lines are cut with a marker and nothing is lost", function()
   local long = ("0123456789"):rep(250)            -- 2500 bytes
-  write(tmp .. "/long.in", "short\n" .. long .. "\nafter\n" .. long)
+  assert(fs.write(tmp .. "/long.in", "short\n" .. long .. "\nafter\n" .. long))
   local got = capture({"cat", tmp .. "/long.in"}, nil, {max_line = 1000})
   local ls = lines_of(got)
   T.eq(#ls, 8)
@@ -105,7 +87,7 @@ T.test("very long lines are cut with a marker and nothing is lost", function()
   T.eq(ls[5], "after")
   T.eq(ls[8], long:sub(2001))
   -- the default limit is 1 MiB
-  write(tmp .. "/long2.in", ("y"):rep(3 * 1024 * 1024) .. "\nend\n")
+  assert(fs.write(tmp .. "/long2.in", ("y"):rep(3 * 1024 * 1024) .. "\nend\n"))
   local got2, _, _, lines = capture{"cat", tmp .. "/long2.in"}
   local ls2 = lines_of(got2)
   T.eq(lines, 4)
@@ -180,12 +162,12 @@ T.test("prefix on every line, colour only where asked", function()
   assert(clog.write(c, "one\ntwo"))
   assert(clog.write(plain, "three"))
   c:close(); plain:close()
-  T.eq(read(path), "\27[36m[c] \27[0mone\n\27[36m[c] \27[0mtwo\n[n] three\n")
+  T.eq(assert(fs.read(path)), "\27[36m[c] \27[0mone\n\27[36m[c] \27[0mtwo\n[n] three\n")
   T.raises("unknown color", clog.open, path, {color = "mauve"})
   local bare = assert(clog.open(path))          -- options are optional
   assert(clog.write({bare, bare}, "twice"))
   bare:close()
-  T.eq(read(path):sub(-12), "twice\ntwice\n")
+  T.eq(assert(fs.read(path)):sub(-12), "twice\ntwice\n")
 end)
 
 T.test("20 concurrent streams: shared file has whole lines, own files are exact", function()
@@ -213,7 +195,7 @@ T.test("20 concurrent streams: shared file has whole lines, own files are exact"
     own[i] = assert(log.sink{file = ("%s/runs/%d/agent.log"):format(tmp, i)})
     local prefixed = assert(log.sink{file = shared_path, file_prefix = ("[%d] "):format(i)})
     local code = gen:format(string.char(97 + i % 26))
-    procs[i] = assert(proc.spawn{runbox_bin(), "-e", code, tostring(i), tostring(LINES)})
+    procs[i] = assert(proc.spawn{T.runbox_bin(), "-e", code, tostring(i), tostring(LINES)})
     handles[i] = log.pipe(procs[i], "stdout", {own[i], prefixed})
     own[i].shared = prefixed
   end
@@ -226,10 +208,10 @@ T.test("20 concurrent streams: shared file has whole lines, own files are exact"
   end
   shared:close()
   for i = 1, N do
-    T.ok(read(("%s/runs/%d/agent.log"):format(tmp, i)) == expected(i), "own file of stream " .. i)
+    T.ok(assert(fs.read(("%s/runs/%d/agent.log"):format(tmp, i))) == expected(i), "own file of stream " .. i)
   end
   local next_line, count = {}, 0
-  for line in read(shared_path):gmatch("([^\n]*)\n") do
+  for line in assert(fs.read(shared_path)):gmatch("([^\n]*)\n") do
     count = count + 1
     local p, s, j, x = line:match("^%[(%d+)%] stream (%d+) line (%d+) (%a*)$")
     T.ok(p and p == s, "not a whole line of one stream: " .. line:sub(1, 80))
@@ -256,7 +238,7 @@ T.test("levels are filtered", function()
   own:warn("w2"); own:error("e2")
   own:close()
   s:close()
-  local ls = lines_of(read(path))
+  local ls = lines_of(assert(fs.read(path)))
   T.eq(#ls, 4)
   T.match(ls[1], "^%d%d%d%d%-%d%d%-%d%d %d%d:%d%d:%d%d%.%d%d%d WARN  w 1$")
   T.match(ls[2], " ERROR e$")
@@ -278,11 +260,11 @@ T.test("a sink in a folder that does not exist yet creates the folder", function
   local s = assert(log.sink{file = path})
   s:line("hello")
   s:close()
-  T.eq(read(path), "hello\n")
+  T.eq(assert(fs.read(path)), "hello\n")
 end)
 
 T.test("a sink to an unwritable path gives nil, err naming the path", function()
-  write(tmp .. "/afile", "x")
+  assert(fs.write(tmp .. "/afile", "x"))
   local s, err = log.sink{file = tmp .. "/afile/sub/run.log"}
   T.eq(s, nil)
   T.match(err.message, tmp:gsub("%p", "%%%0") .. "/afile/sub/run%.log")
@@ -328,7 +310,7 @@ T.test("pipe_fd copies any non-blocking fd; stderr can be piped too", function()
   T.eq(h1:wait(), 4)
   T.eq(h2:wait(), 4)
   p:wait(); p:close(); s:close()
-  local got = read(path)
+  local got = assert(fs.read(path))
   T.ok(got == "out\nerr\n" or got == "err\nout\n", got)
   local q <close> = assert(proc.spawn{"true", stdout = "null"})
   T.raises("not a pipe", log.pipe, q, "stdout", s)
@@ -344,7 +326,7 @@ T.test("cancelling a pipe writes the pending partial line", function()
   local ok = h:wait()
   T.eq(ok, nil)
   p:close(); s:close()
-  T.eq(read(path), "whole\npartial\n")
+  T.eq(assert(fs.read(path)), "whole\npartial\n")
 end)
 
 T.test("closing the process while piping ends the pipe cleanly", function()
@@ -356,7 +338,7 @@ T.test("closing the process while piping ends the pipe cleanly", function()
   p:close()
   T.eq(h:wait(), 6)
   s:close()
-  T.eq(read(path), "first\n")
+  T.eq(assert(fs.read(path)), "first\n")
 end)
 
 T.test("cleanup", function() proc.run{"rm", "-rf", tmp} end)

@@ -4,21 +4,6 @@ local sched = require "runbox.sched"
 local net = require "runbox.net"
 local c = require "runbox.c.net"
 
--- Open descriptors of this process. os.execute, not io.popen: the pipe of a popen would be counted
--- (racily) too.
-local function count_fds()
-  collectgarbage(); collectgarbage()     -- sockets dropped by earlier tests close in __gc
-  local f = io.open("/proc/self/stat")
-  local pid = f:read("a"):match("^(%d+)")
-  f:close()
-  local out = os.tmpname()
-  os.execute("ls /proc/" .. pid .. "/fd > " .. out)
-  local n = 0
-  for _ in io.lines(out) do n = n + 1 end
-  os.remove(out)
-  return n
-end
-
 -- A fresh path for a unix socket (os.tmpname makes a unique file; we only want its name).
 local function tmp_path(name)
   local p = os.tmpname()
@@ -35,7 +20,7 @@ local function tcp_pair()
 end
 
 T.test("listen on an ephemeral port, connect, exchange lines", function()
-  local before = count_fds()
+  local before = T.open_fds()
   local client, server, l = tcp_pair()
   T.ok(l.port > 0, "bound port")
   T.eq(l.address, "127.0.0.1:" .. l.port)
@@ -48,7 +33,7 @@ T.test("listen on an ephemeral port, connect, exchange lines", function()
   T.eq(server:read_line(), nil, "end of stream")
   T.eq(server:read(), nil)
   client:close(); server:close(); l:close()
-  T.eq(count_fds(), before, "no descriptor left open")
+  T.eq(T.open_fds(), before, "no descriptor left open")
 end)
 
 T.test("read returns what is available, read_exactly waits for all", function()
@@ -255,7 +240,7 @@ T.test("peer reset shows as a write error, not a crash", function()
 end)
 
 T.test("pipe: data flows, end of stream when the writer closes", function()
-  local before = count_fds()
+  local before = T.open_fds()
   local r, w = net.pipe()
   local t = sched.spawn(function() w:write("through\nthe pipe\n"); w:close() end)
   T.eq(r:read_line(), "through")
@@ -263,7 +248,7 @@ T.test("pipe: data flows, end of stream when the writer closes", function()
   T.eq(r:read_line(), nil)
   t:join()
   r:close()
-  T.eq(count_fds(), before)
+  T.eq(T.open_fds(), before)
   local rfd, wfd = c.pipe()
   T.eq(math.type(rfd), "integer")
   T.eq(c.read(rfd, 10), nil)
@@ -276,25 +261,25 @@ T.test("pipe: data flows, end of stream when the writer closes", function()
 end)
 
 T.test("garbage-collected sockets close their descriptors", function()
-  local before = count_fds()
+  local before = T.open_fds()
   do
     local r, w = net.pipe()
     local l = net.listen{port = 0}
     r, w, l = nil, nil, nil
   end
   collectgarbage(); collectgarbage()
-  T.eq(count_fds(), before)
+  T.eq(T.open_fds(), before)
 end)
 
 T.test("to-be-closed sockets close at scope end", function()
-  local before = count_fds()
+  local before = T.open_fds()
   do
     local r, w = net.pipe()
     local rc <close> = r
     local wc <close> = w
     wc:write("x")
   end
-  T.eq(count_fds(), before)
+  T.eq(T.open_fds(), before)
 end)
 
 T.test("the C layer checks its arguments", function()
@@ -321,7 +306,7 @@ T.test("listen fails clearly on a port in use and a bad host", function()
 end)
 
 T.test("many connections at once", function()
-  local before = count_fds()
+  local before = T.open_fds()
   local l = assert(net.listen{port = 0})
   local server = sched.spawn(function()
     sched.scope(function(scope)
@@ -344,7 +329,7 @@ T.test("many connections at once", function()
   for i, t in ipairs(clients) do T.eq(t:join(), "c" .. i .. "!") end
   server:join()
   l:close()
-  T.eq(count_fds(), before)
+  T.eq(T.open_fds(), before)
 end)
 
 T.run()

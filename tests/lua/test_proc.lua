@@ -2,15 +2,7 @@ local T = require "runbox.testing"
 local sched = require "runbox.sched"
 local proc = require "runbox.proc"
 local errors = require "runbox.errors"
-
--- true while pid exists and is not a zombie
-local function alive(pid)
-  local f = io.open("/proc/" .. pid .. "/stat")
-  if not f then return false end
-  local stat = f:read("a")
-  f:close()
-  return not stat:match("^%d+ %b() Z")
-end
+local fs = require "runbox.fs"
 
 T.test("run collects stdout, stderr and the exit code", function()
   local r = assert(proc.run{"sh", "-c", "echo out; echo err >&2; exit 3"})
@@ -65,7 +57,7 @@ T.test("timeout kills the whole process group, grandchildren included", function
   T.ok(sched.now() - t0 < 5, "returned promptly")
   local f = assert(io.open(pidfile)); local gpid = tonumber(f:read("l")); f:close(); os.remove(pidfile)
   sched.sleep(0.1)
-  T.ok(not alive(gpid), "grandchild sleep was killed")
+  T.ok(not T.pid_alive(gpid), "grandchild sleep was killed")
 end)
 
 T.test("timeout escalates to SIGKILL for a process that ignores SIGTERM", function()
@@ -79,7 +71,7 @@ T.test("leftover background processes in the group are killed when the leader ex
   T.eq(r.code, 0)
   local f = assert(io.open(pidfile)); local gpid = tonumber(f:read("l")); f:close(); os.remove(pidfile)
   sched.sleep(0.1)
-  T.ok(not alive(gpid))
+  T.ok(not T.pid_alive(gpid))
 end)
 
 T.test("a missing program is an error value naming it", function()
@@ -110,10 +102,10 @@ T.test("100 processes at once, no zombies left", function()
   for i = 1, 100 do T.eq(results[i][2], i .. "\n") end
   T.ok(sched.now() - t0 < 10)
   local zombies = 0
-  for pid in io.popen("ls /proc"):lines() do
-    local f = tonumber(pid) and io.open("/proc/" .. pid .. "/stat")
-    if f then
-      local s = f:read("a"); f:close()
+  -- fs.list, not io.popen("ls"): the ls child would itself be a zombie of ours until closed
+  for _, pid in ipairs(assert(fs.list("/proc"))) do
+    local s = tonumber(pid) and fs.read("/proc/" .. pid .. "/stat")
+    if s then
       local ppid = s:match("^%d+ %b() %a (%d+)")
       if tonumber(ppid) == require("runbox.util").pid() and s:match("^%d+ %b() Z") then zombies = zombies + 1 end
     end
@@ -143,7 +135,7 @@ T.test("closing a running process kills it", function()
   local p = assert(proc.spawn{"sleep", "30"})
   local pid = p.pid
   p:close()
-  T.ok(not alive(pid))
+  T.ok(not T.pid_alive(pid))
   p:close()  -- twice is fine
 end)
 

@@ -3,25 +3,16 @@
 local T = require "runbox.testing"
 local proc = require "runbox.proc"
 local repl = require "runbox.repl"
+local fs = require "runbox.fs"
 
-local BIN = os.getenv("RUNBOX_BIN") or "build/runbox"
+local BIN = T.runbox_bin()
 local SOURCE = os.getenv("RUNBOX_SOURCE") or "."
 local DRIVER = SOURCE .. "/tests/helpers/pty_drive.py"
 
 local function temp_file(content)
   local path = os.tmpname()
-  local f = assert(io.open(path, "w"))
-  f:write(content or "")
-  f:close()
+  assert(fs.write(path, content or ""))
   return path
-end
-
-local function read_file(path)
-  local f = io.open(path, "r")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
 end
 
 -- Runs `runbox repl` in a pty with the driver's script (a list of steps), then ends it with Ctrl-D
@@ -93,7 +84,7 @@ T.test("history: saved to RUNBOX_HISTORY, recalled with the up arrow next time",
   local hist = temp_file()
   drive({"expect > ", 'send print("hist" .. 6 * 7)\\r', "expect hist42"},
         {history = hist})
-  T.match(read_file(hist), 'print%("hist" %.%. 6 %* 7%)\n')
+  T.match(fs.read(hist), 'print%("hist" %.%. 6 %* 7%)\n')
   drive({"expect > ", "send \\x1b[A", "expect 6 \\* 7", "send \\r", "expect \\nhist42"}, {history = hist})
   os.remove(hist)
 end)
@@ -104,7 +95,7 @@ T.test("history file is trimmed to the size limit", function()
   local hist = temp_file(table.concat(lines, "\n") .. "\n")
   drive({}, {history = hist})
   local kept = {}
-  for line in read_file(hist):gmatch("[^\n]+") do kept[#kept + 1] = line end
+  for line in fs.read(hist):gmatch("[^\n]+") do kept[#kept + 1] = line end
   os.remove(hist)
   T.eq(#kept, repl.HISTORY_SIZE)
   T.eq(kept[#kept], "x" .. (repl.HISTORY_SIZE + 50))

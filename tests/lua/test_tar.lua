@@ -2,6 +2,7 @@
 local T = require "runbox.testing"
 local tar = require "runbox.tar"
 local sched = require "runbox.sched"
+local fs = require "runbox.fs"
 
 local PY = io.open("/usr/bin/python3") and "/usr/bin/python3" or "python3"
 
@@ -20,19 +21,6 @@ local function capture(cmd)
 end
 
 local function exists(path) return os.execute("test -e " .. q(path) .. " -o -L " .. q(path)) == true end
-
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write_file(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
 
 local ROOT = capture("mktemp -d /tmp/runbox-tar-test.XXXXXX"):gsub("%s+$", "")
 local counter = 0
@@ -313,7 +301,7 @@ T.test("pack_file writes through a temporary file; unpack picks file or data", f
   T.eq(capture("ls -A " .. q(out)), "a.tar.zst\n")
   local d1, d2 = fresh("d1"), fresh("d2")
   assert(tar.unpack(out .. "/a.tar.zst", d1))
-  assert(tar.unpack(read_file(out .. "/a.tar.zst"), d2))
+  assert(tar.unpack(assert(fs.read(out .. "/a.tar.zst")), d2))
   same_tree(src, d1)
   same_tree(src, d2)
   local e = tar.list(out .. "/a.tar.zst")
@@ -376,7 +364,7 @@ local function hostile(name)
   if not hostile_dir then
     hostile_dir = fresh("hostile")
     sh("mkdir -p " .. q(hostile_dir .. "/canary"))
-    write_file(hostile_dir .. "/make.py", MAKE_HOSTILE)
+    assert(fs.write(hostile_dir .. "/make.py", MAKE_HOSTILE))
     sh(PY .. " " .. q(hostile_dir .. "/make.py") .. " " .. q(hostile_dir) .. " " .. q(hostile_dir .. "/canary"))
   end
   return hostile_dir .. "/" .. name
@@ -404,7 +392,7 @@ local function check_refused(archive, entry, reason_pattern, prepare, opts)
   T.ok(err.message:find(entry, 1, true), "message names the entry: " .. err.message)
   if reason_pattern then T.match(err.message, reason_pattern) end
   T.eq(describe(box .. "/canary"), before_canary, "canary unchanged")
-  T.eq(read_file(box .. "/canary/secret.txt"), "secret\n")
+  T.eq(assert(fs.read(box .. "/canary/secret.txt")), "secret\n")
   T.eq(capture("ls -A " .. q(box)), before_box, "nothing new beside the target")
   T.ok(not exists("/etc/runbox-tar-pwned"), "nothing written in /etc")
   T.ok(not exists(hostile("canary") .. "/pwned.txt") and not exists(hostile_dir .. "/abs.txt"))
@@ -472,7 +460,7 @@ end)
 
 T.test("refuses a hostile string archive too", function()
   local box = sandbox()
-  local ok, err = tar.unpack_string(read_file(hostile("dotdot.tar")), box .. "/target")
+  local ok, err = tar.unpack_string(assert(fs.read(hostile("dotdot.tar"))), box .. "/target")
   T.eq(ok, nil)
   T.eq(err.entry, "../canary/escape.txt")
   T.ok(not exists(box .. "/canary/escape.txt"))
@@ -506,7 +494,7 @@ end)
 T.test("links that stay inside are fine; ./ entries are accepted", function()
   local dst = fresh("dst")
   assert(tar.unpack_file(hostile("fine_links.tar"), dst))
-  T.eq(read_file(dst .. "/top"), "pwned\n")
+  T.eq(assert(fs.read(dst .. "/top")), "pwned\n")
   T.eq(capture("readlink " .. q(dst .. "/sub/l")), "../ok.txt\n")
   T.eq(capture("stat -c %h " .. q(dst .. "/hard")), "2\n", "hard link")
 end)

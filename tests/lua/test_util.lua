@@ -4,16 +4,7 @@ local fs = require "runbox.fs"
 local proc = require "runbox.proc"
 local errors = require "runbox.errors"
 
-local BIN = os.getenv("RUNBOX_BIN") or assert(fs.readlink("/proc/self/exe"))
-
-local function with_dir(fn)
-  return function()
-    local d = assert(fs.temp_dir("test-util"))
-    local ok, err = pcall(fn, d)
-    fs.remove_tree(d)
-    if not ok then error(err, 0) end
-  end
-end
+local BIN = T.runbox_bin()
 
 local function child(code, opts)
   local cmd = {BIN, "-e", code, timeout = 30}
@@ -55,7 +46,7 @@ T.test("sha256 around the 64-byte block and padding boundaries", function()
   T.raises("bad argument", util.sha256, {})
 end)
 
-T.test("sha256_file streams a file and names a missing one", with_dir(function(d)
+T.test("sha256_file streams a file and names a missing one", T.with_temp_dir(function(d)
   local data = pattern(1000) .. ("a"):rep(1000000)   -- several read chunks, odd split
   fs.write(d .. "/big", data)
   T.eq(util.sha256_file(d .. "/big"), util.sha256(data))
@@ -172,7 +163,7 @@ T.test("run_id: UTC time plus a random suffix, never reused", function()
   T.ok(before <= id:sub(1, 15) and id:sub(1, 15) <= after, "UTC time of day: " .. id)
 end)
 
-T.test("run_id(dir) claims a fresh folder", with_dir(function(d)
+T.test("run_id(dir) claims a fresh folder", T.with_temp_dir(function(d)
   local id, path = util.run_id(d)
   T.match(id, "^%d+_%d+_%x+$")
   T.eq(path, d .. "/" .. id)
@@ -218,7 +209,7 @@ CRLF=windows
 URL=https://example.com/?a=1&b=2
 ]]
 
-T.test("load_dotenv parses every form and does not touch the environment", with_dir(function(d)
+T.test("load_dotenv parses every form and does not touch the environment", T.with_temp_dir(function(d)
   local p = d .. "/.env"
   fs.write(p, DOTENV:gsub("CRLF=windows\n", "CRLF=windows\r\n"))
   local vals = assert(util.load_dotenv(p))
@@ -230,7 +221,7 @@ T.test("load_dotenv parses every form and does not touch the environment", with_
   T.eq(util.getenv("EXPORTED"), nil)
 end))
 
-T.test("load_dotenv apply sets variables, keeping existing ones unless override", with_dir(function(d)
+T.test("load_dotenv apply sets variables, keeping existing ones unless override", T.with_temp_dir(function(d)
   local p = d .. "/.env"
   fs.write(p, "RB_DOTENV_A=from-file\nPATH=/nowhere\n")
   local path = os.getenv("PATH")
@@ -247,7 +238,7 @@ T.test("load_dotenv apply sets variables, keeping existing ones unless override"
   T.eq(r.stdout, "second\n")
 end))
 
-T.test("load_dotenv errors name the file and line, never the value", with_dir(function(d)
+T.test("load_dotenv errors name the file and line, never the value", T.with_temp_dir(function(d)
   local v, err = util.load_dotenv(d .. "/missing.env")
   T.eq(v, nil)
   T.match(tostring(err), "cannot read '.*/missing%.env'")

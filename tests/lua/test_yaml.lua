@@ -4,15 +4,6 @@ local json = require "runbox.json"
 local fs = require "runbox.fs"
 local errors = require "runbox.errors"
 
-local function with_dir(fn)
-  return function()
-    local d = assert(fs.temp_dir("test-yaml"))
-    local ok, err = pcall(fn, d)
-    fs.remove_tree(d)
-    if not ok then error(err, 0) end
-  end
-end
-
 -- the value of `v: <text>`
 local function scalar(text)
   local t = assert(yaml.decode("v: " .. text))
@@ -194,7 +185,7 @@ T.test("several documents: decode takes the first, decode_all all", function()
   T.match(tostring(e2), "undefined anchor")
 end)
 
-T.test("decode_file names the file in errors", with_dir(function(d)
+T.test("decode_file names the file in errors", T.with_temp_dir(function(d)
   local p = d .. "/config.yaml"
   fs.write(p, "model: gpt\nmax_parallel: 4\n")
   T.eq(yaml.decode_file(p), {model = "gpt", max_parallel = 4})

@@ -12,13 +12,21 @@ if [ -f tests/deps-packages.txt ]; then
   while read -r p; do [ -n "$p" ] && [ "${p#\#}" = "$p" ] && extra+=("$p"); done < tests/deps-packages.txt
 fi
 
+sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
 missing=()
 for p in "${base[@]}" "${extra[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   echo "installing: ${missing[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The real Codex CLI for the agent tests (offline against a stand-in endpoint), pinned.
+CODEX_DIR=${RUNBOX_TEST_CODEX_DIR:-/opt/runbox-test/codex}
+if [ ! -x "$CODEX_DIR/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex" ]; then
+  command -v npm >/dev/null || { $sudo apt-get install -y -qq npm >/dev/null; }
+  mkdir -p "$CODEX_DIR"
+  (cd "$CODEX_DIR" && npm install --no-audit --no-fund --silent @openai/codex@0.169.0)
 fi

@@ -1,0 +1,4 @@
+"""Small statistics helpers."""
+from .core import mean, median
+
+__all__ = ["mean", "median"]

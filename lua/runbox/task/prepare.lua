@@ -1,0 +1,101 @@
+-- task.prepare: write the prepared form of a created task into OUT/<name>. A new folder is built
+-- next to the target under a hidden name and renamed into place; an existing one is updated file
+-- by file (each write atomic, unchanged files untouched), and nothing else in it is removed.
+local fs = require "runbox.fs"
+local json = require "runbox.json"
+local util = require "runbox.util"
+local errors = require "runbox.errors"
+
+local M = {}
+
+-- Files copied from the created task's root into overlay_files/ when present.
+M.overlay = {"LM_INSTRUCTIONS.md", "repo_info.json", "diff.patch", "notes.md"}
+
+local function files_of(task, t)
+  local meta = json.pretty(task.prepared_meta(t)) .. "\n"
+  local files = {{"tb_meta.json", meta}, {"overlay_files/tb_meta.json", meta}}
+  for _, name in ipairs(M.overlay) do
+    local data, err = fs.read(t.dir .. "/" .. name)
+    if data then
+      files[#files + 1] = {"overlay_files/" .. name, data}
+    elseif err.reason ~= "not_found" then
+      return nil, errors.new("task", ("%s/%s: cannot read it (%s); fix its permissions"):format(t.dir, name, err.reason),
+                             {path = t.dir .. "/" .. name})
+    end
+  end
+  return files
+end
+
+local function write_error(path, err)
+  return errors.new("task", ("cannot write the prepared task: %s"):format(tostring(err)), {path = path})
+end
+
+local function parent(path) return path:match("^(.*)/[^/]*$") end
+
+-- Writes the files under dir; a file whose content is already right is left alone.
+local function update(dir, files)
+  for _, f in ipairs(files) do
+    local path = dir .. "/" .. f[1]
+    local ok, err = fs.mkdir_p(parent(path))
+    if not ok then return nil, write_error(path, err) end
+    if fs.read(path) ~= f[2] then
+      ok, err = fs.write_atomic(path, f[2])
+      if not ok then return nil, write_error(path, err) end
+    end
+  end
+  return true
+end
+
+-- Builds the whole folder under a hidden temporary name in root, then renames it to target.
+local function create(root, name, target, files)
+  local tmp = ("%s/.%s.prepare-%s"):format(root, name, util.random_hex(8))
+  local ok, err = fs.mkdir_p(tmp)
+  if not ok then return nil, write_error(tmp, err) end
+  ok, err = update(tmp, files)
+  if ok then
+    local renamed, rerr = fs.rename(tmp, target)
+    if not renamed then
+      -- someone made the target meanwhile: fill it in like an existing one
+      if fs.stat(target) then ok, err = update(target, files) else ok, err = nil, write_error(target, rerr) end
+    end
+  end
+  if fs.exists(tmp) then fs.remove_tree(tmp) end
+  return ok, err
+end
+
+function M.prepare(task, created_dir, opts)
+  local t, err = task.load(created_dir)
+  if not t then return nil, err end
+  if t.kind ~= "created" then
+    return nil, errors.new("task", ("'%s' is a prepared task already (it has overlay_files/); run it as it is, "
+                           .. "or give the created task folder"):format(t.dir), {path = t.dir})
+  end
+  local files
+  files, err = files_of(task, t)
+  if not files then return nil, err end
+  local out = opts.out or "data/tasks/prepared"
+  local ok, merr = fs.mkdir_p(out)
+  if not ok then
+    return nil, errors.new("task", ("cannot make the output folder '%s': %s"):format(out, tostring(merr)), {path = out})
+  end
+  local root = assert(fs.realpath(out))
+  local target = root .. "/" .. t.name
+  if target == t.dir then
+    return nil, errors.new("task", ("the prepared task would replace the created task '%s' itself; choose another "
+                           .. "output folder"):format(t.dir), {path = target})
+  end
+  local st = fs.stat(target)
+  if st and st.type ~= "dir" then
+    return nil, errors.new("task", ("'%s' exists and is not a folder; move it away or choose another output folder")
+                           :format(target), {path = target})
+  end
+  if st and fs.exists(target .. "/tb_meta.json") and not fs.exists(target .. "/overlay_files") then
+    return nil, errors.new("task", ("'%s' is a created task, not a prepared one; choose another output folder")
+                           :format(target), {path = target})
+  end
+  if st then ok, err = update(target, files) else ok, err = create(root, t.name, target, files) end
+  if not ok then return nil, err end
+  return target
+end
+
+return M

@@ -1,0 +1,304 @@
+-- One run of one task, start to finish (DESIGN.md "One run, step by step"): resolve the task,
+-- make the run folder, create the sandbox, set up the repository at the start commit, run the
+-- agent under its time and token limits, capture the diff, evaluate, write the result files, and
+-- terminate the sandbox whatever happened. Used by the run and parallel recipes.
+local task = require "runbox.task"
+local sandbox = require "runbox.sandbox"
+local agent_mod = require "runbox.agent"
+local meter = require "runbox.meter"
+local eval = require "runbox.eval"
+local report = require "runbox.report"
+local judge = require "runbox.judge"
+local log = require "runbox.log"
+local fs = require "runbox.fs"
+local json = require "runbox.json"
+local util = require "runbox.util"
+local sched = require "runbox.sched"
+local errors = require "runbox.errors"
+
+local M = {}
+
+M.defaults = {backend = "local", agent = "oracle", model = "gpt-5-mini", timeout = 1800,
+              token_limit = nil, runs_dir = "data/runs", test_timeout = 300,
+              upstream = nil}   -- the model endpoint; default $OPENAI_BASE_URL or OpenAI's
+
+local VERSION_OK = {completed = true, failed = true, timeout = true, token_limit = true,
+                    sandbox_error = true, cancelled = true}
+
+local function now_iso() return util.iso8601() end
+
+-- Runs a shell line in the sandbox; returns the result table (code, stdout, stderr) or nil, err.
+local function sh(sb, line, opts)
+  opts = opts or {}
+  local p, err = sb:exec({"bash", "-c", line}, {cwd = opts.cwd or "/app/repo", env = opts.env,
+                                                timeout = opts.timeout or 120})
+  if not p then return nil, err end
+  local guard <close> = p
+  local errtask = sched.spawn(function() return p:read_all("stderr") end)
+  local out = p:read_all("stdout")
+  local _, stderr = errtask:wait()
+  local code, how = p:wait()
+  return {code = code, how = how, stdout = out, stderr = stderr or ""}
+end
+
+local GIT_ID = "git -c user.email=runbox@localhost -c user.name=runbox"
+
+-- Streams a process's stdout and stderr into the sink; waits for both and the exit.
+local function run_logged(p, sink)
+  local a = log.pipe(p, "stdout", sink, {keep = 20})
+  local b = log.pipe(p, "stderr", sink, {keep = 20})
+  a:wait()
+  b:wait()
+  local code, how = p:wait()
+  return code, how, a, b
+end
+
+local Run = {}
+Run.__index = Run
+
+function Run:phase(name, detail)
+  self.phase_name = name
+  self.timings[name] = {start = sched.now()}
+  if self.on_event then self.on_event{run = self, phase = name, detail = detail} end
+  self.console:info("%s%s", name, detail and (": " .. detail) or "")
+end
+
+function Run:phase_done(name)
+  local t = self.timings[name]
+  if t then t.seconds = sched.now() - t.start; t.start = nil end
+end
+
+function Run:write_json(name, value)
+  assert(json.encode_file(self.dir .. "/" .. name, value, {pretty = true}))
+end
+
+-- The results.json record.
+function Run:results()
+  local timings = {}
+  for k, v in pairs(self.timings) do timings[k] = v.seconds and math.floor(v.seconds * 1000 + 0.5) / 1000 end
+  return {
+    run_id = self.id, task_id = self.task and self.task.id, task_dir = self.task_dir,
+    status = self.status, error = self.error,
+    agent = {name = self.agent_name, model = self.model, exit_code = self.agent_exit, how = self.agent_how},
+    start_time = self.start_time, end_time = self.end_time, timings = timings,
+    tokens = self.tokens, score = self.score, tests = self.tests,
+    has_changes = self.has_changes, backend = self.backend_name,
+  }
+end
+
+-- Sets up /app and the repository at the start commit, then a baseline commit.
+function Run:setup(sb, t)
+  self:phase("setup", t.repo.url)
+  local slog = self.setup_log
+  -- task files at /app (instructions, tb_meta, the reference diff for the oracle)
+  local overlay = t.dir .. "/overlay_files"
+  if fs.exists(overlay) then assert(sb:put_dir(overlay, "/app")) end
+  assert(sb:put_dir(self.dir .. "/task-input", "/app"))
+  if sb.host_path then
+    local host_repo = sb:host_path("/app/repo")
+    local ok, err = task.clone(t, host_repo, {timeout = 600})
+    if not ok then return nil, err end
+  else
+    local r = sh(sb, ("git clone -q -- '%s' /app/repo && cd /app/repo && git checkout -q '%s'")
+                   :format(t.repo.url, t.repo.start_commit), {cwd = "/app", timeout = 600})
+    if not r or r.code ~= 0 then
+      return nil, errors.new("task", ("cannot clone %s at %s: %s"):format(t.repo.url, t.repo.start_commit,
+                                                                       r and r.stderr or "no process"))
+    end
+  end
+  local r = assert(sh(sb, GIT_ID .. " add -A && (" .. GIT_ID .. " diff --cached --quiet || " .. GIT_ID
+                        .. " commit -q -m 'runbox baseline') && git rev-parse HEAD"))
+  slog:line(r.stdout .. r.stderr)
+  if r.code ~= 0 then return nil, errors.new("sandbox", "baseline commit failed: " .. r.stderr) end
+  self.baseline = r.stdout:match("%x+")
+  self:phase_done("setup")
+  return true
+end
+
+-- Runs the agent; sets agent_exit/how and status on limits.
+function Run:run_agent(sb, t, a)
+  self:phase("agent", a.name)
+  if not a.command then self:phase_done("agent"); return end
+  local ctx = {model = self.model, prompt = t.instructions, prompt_file = "/app/LM_INSTRUCTIONS.md",
+               repo = "/app/repo", codex_bin = self.opts.codex_bin, reasoning_effort = self.opts.reasoning_effort}
+  local m
+  if a.uses_model then
+    local key = os.getenv("OPENAI_API_KEY")
+    if key then log.redact(key) end
+    ctx.api_token = "runbox-" .. util.random_hex(16)
+    m = assert(meter.start{upstream = self.opts.upstream or os.getenv("OPENAI_BASE_URL") or "https://api.openai.com/v1",
+                           api_key = key, client_token = ctx.api_token, token_limit = self.opts.token_limit,
+                           traces_path = self.dir .. "/artifacts/traces.jsonl",
+                           on_limit = function() self.limit_hit = true; if self.agent_proc then self.agent_proc:kill(9) end end})
+    ctx.base_url = m.base_url
+  end
+  local meter_guard <close> = m
+  for _, line in ipairs(a.setup or {}) do assert(sh(sb, line, {cwd = "/app"})) end
+  local argv, env = a.command(ctx)
+  local p, err = sb:exec(argv, {cwd = "/app/repo", env = env, timeout = self.opts.timeout})
+  if not p then self:phase_done("agent"); return nil, err end
+  self.agent_proc = p
+  local guard <close> = p
+  local code, how, out = run_logged(p, {self.agent_log, self.console_stream or nil})
+  self.agent_proc = nil
+  self.agent_exit, self.agent_how = code, how
+  if m then
+    local u = m:usage()
+    self.tokens = {input = u.input, output = u.output, cached = u.cached, reasoning = u.reasoning,
+                   counted = u.counted, requests = u.requests, source = "proxy"}
+  end
+  if a.name == "codex" and (not self.tokens or self.tokens.requests == 0) then
+    local n = agent_mod.codex_tokens_from_log(fs.read(self.dir .. "/logs/agent.log") or "")
+    if n then self.tokens = {counted = n, source = "codex log"} end
+  end
+  if self.limit_hit or (self.opts.token_limit and self.tokens and self.tokens.counted > self.opts.token_limit) then
+    self.status = "token_limit"
+  elseif how == "timeout" then
+    self.status = "timeout"
+  elseif code ~= 0 then
+    self.status, self.error = "failed", ("agent exited with status %d"):format(code)
+  end
+  self.last_line = out:last_line()
+  self:phase_done("agent")
+  return true
+end
+
+function Run:capture_diff(sb)
+  self:phase("diff")
+  local r = assert(sh(sb, "git add -A && git diff --cached --binary " .. self.baseline
+                        .. " > /app/artifacts/diff.patch; git status --porcelain=v1 > /app/artifacts/git_status.txt;"
+                        .. " git reset -q; cat /app/artifacts/diff.patch"))
+  self.diff = r.stdout
+  self.has_changes = self.diff:match("%S") ~= nil
+  self:phase_done("diff")
+end
+
+function Run:evaluate(sb, t)
+  self:phase("eval", #t.test_scripts .. " test script(s)")
+  local results, err = eval.run_tests(sb, t, {repo = "/app/repo", timeout = self.opts.test_timeout,
+                                             log = function(line) self.eval_log:line(line) end})
+  if not results then return nil, err end
+  for _, ts in ipairs(t.test_scripts) do
+    local res = results[ts.path]
+    if res then self.eval_log:line(("%s %s (%.1fs)"):format(res.success and "PASSED" or "FAILED", ts.path, res.duration_sec or 0)) end
+  end
+  local lm
+  if self.opts.judge then
+    lm = judge.evaluate{model = self.opts.judge, task = t, diff = self.diff,
+                        rubrics = eval.untested(t.rubrics, t.test_scripts)}
+  end
+  local evaluation = eval.score(t.rubrics, t.test_scripts, results, lm)
+  self.evaluation, self.test_results = evaluation, results
+  self.score = evaluation.total_score
+  self.tests = {passed = evaluation.tests_passed, failed = evaluation.tests_failed}
+  local info = {run_id = self.id}
+  assert(fs.write(self.dir .. "/artifacts/test_output.txt", report.test_output(t, results)))
+  self:write_json("evaluation_results.json",
+                  report.evaluation_json(info, t, evaluation, results, self.diff, lm,
+                                         {tokens_total = self.tokens and self.tokens.counted,
+                                          time_taken_seconds = self.timings.agent and self.timings.agent.seconds}))
+  assert(fs.write_atomic(self.dir .. "/scoring_results.md", report.markdown(info, t, evaluation, results, self.diff, lm)))
+  self.block = report.results_block(info, t, evaluation, results, self.diff, lm)
+  self:phase_done("eval")
+  return true
+end
+
+-- Runs one task. opts: task_dir (required), backend, agent (name, "cmd:..." or table), model,
+-- timeout (agent seconds), token_limit, run_id, runs_dir, judge (model), test_timeout, upstream,
+-- codex_bin, tags (extra sandbox tags, e.g. {batch = id}), on_event(ev), quiet (no console echo),
+-- prefix (console prefix). Returns the results table (results.json) and details {dir, evaluation,
+-- test_results, finished}; never raises for a failed run.
+function M.run(opts)
+  local o = {}
+  for k, v in pairs(M.defaults) do o[k] = v end
+  for k, v in pairs(opts) do o[k] = v end
+  local self = setmetatable({opts = o, timings = {}, start_time = now_iso(), model = o.model,
+                             backend_name = o.backend, on_event = o.on_event, task_dir = o.task_dir}, Run)
+  local a, aerr = agent_mod.get(o.agent)
+  if not a then errors.raise("usage", aerr) end
+  self.agent_name = a.name
+
+  -- 1. the task (a created task is prepared first, into the run folder's parent tree)
+  local t, err = task.load(o.task_dir)
+  -- 2. the run folder
+  local id, dir = util.run_id(assert(fs.mkdir_p(o.runs_dir)) and o.runs_dir)
+  if o.run_id then
+    id, dir = o.run_id, o.runs_dir .. "/" .. o.run_id
+    if fs.exists(dir) then errors.raise("usage", ("--run-id %s: %s already exists; pick another id"):format(id, dir)) end
+    assert(fs.mkdir_p(dir))
+  end
+  self.id, self.dir = id, assert(fs.realpath(dir))
+  for _, sub in ipairs{"logs", "artifacts", "task-input"} do assert(fs.mkdir_p(self.dir .. "/" .. sub)) end
+  local prefix = o.prefix or ("[" .. id .. "] ")
+  self.console_stream = not o.quiet and assert(log.sink{console = true, prefix = prefix}) or nil
+  self.console = self.console_stream or assert(log.sink{file = self.dir .. "/logs/runbox.log"})
+  self.setup_log = assert(log.sink{file = self.dir .. "/logs/setup.log"})
+  self.agent_log = assert(log.sink{file = self.dir .. "/logs/agent.log"})
+  self.eval_log = assert(log.sink{file = self.dir .. "/logs/eval.log"})
+  self:write_json("metadata.json", {run_id = id, task_dir = o.task_dir, agent = a.name, model = o.model,
+                                    backend = o.backend, timeout = o.timeout, token_limit = o.token_limit or json.null,
+                                    start_time = self.start_time, runbox_version = "0.1.0"})
+  local sb
+  local finished = false
+  local ok, run_err = xpcall(function()
+    if t and t.kind == "created" then
+      self:phase("prepare")
+      local prepared, perr = task.prepare(o.task_dir, {out = self.dir .. "/prepared", quiet = true})
+      if not prepared then t, err = nil, perr else t, err = task.load(prepared) end
+      self:phase_done("prepare")
+    end
+    if not t then self.status, self.error = "failed", errors.message(err); return end
+    self.task = t
+    assert(fs.write(self.dir .. "/task-input/LM_INSTRUCTIONS.md", t.instructions))
+    if t.reference_patch then assert(fs.copy_file(t.reference_patch, self.dir .. "/task-input/diff.patch")) end
+    -- 3. the sandbox
+    self:phase("sandbox", o.backend)
+    local backend = sandbox.get(o.backend)
+    local tags = {run = id}
+    for k, v in pairs(o.tags or {}) do tags[k] = v end
+    local serr
+    sb, serr = backend.create{root = self.dir .. "/sandbox", workdir = "/app", network = t.network ~= false,
+                              timeout = (o.timeout or 1800) + #t.test_scripts * o.test_timeout + 600, tags = tags}
+    if not sb then self.status, self.error = "sandbox_error", errors.message(serr); return end
+    self:phase_done("sandbox")
+    local sok, setup_err = self:setup(sb, t)
+    if not sok then
+      self.status = errors.is(setup_err, "task") and "failed" or "sandbox_error"
+      self.error = errors.message(setup_err)
+      return
+    end
+    assert(sb:exec({"mkdir", "-p", "/app/artifacts"}, {cwd = "/app"})):wait()
+    local aok, agent_err = self:run_agent(sb, t, a)
+    if not aok then self.status, self.error = "sandbox_error", errors.message(agent_err); return end
+    self:capture_diff(sb)
+    local eok, eval_err = self:evaluate(sb, t)
+    if not eok then self.status, self.error = "failed", errors.message(eval_err); return end
+    self.status = self.status or "completed"
+    finished = true
+  end, function(e)
+    self.traceback = debug.traceback(errors.message(e), 2)
+    return e
+  end)
+  -- 7/8. artifacts back, sandbox gone, result files written: whatever happened above
+  if sb then
+    pcall(function() sb:get_tar("/app/artifacts", self.dir .. "/artifacts") end)
+    sb:terminate()
+  end
+  if not ok then
+    if errors.is(run_err, "cancelled") then self.status, self.error = "cancelled", "cancelled: " .. errors.message(run_err)
+    else self.status, self.error = "sandbox_error", self.traceback or errors.message(run_err) end
+  end
+  self.end_time = now_iso()
+  assert(VERSION_OK[self.status or "failed"])
+  self.status = self.status or "failed"
+  local results = self:results()
+  self:write_json("results.json", results)
+  if self.block and not o.quiet then print(self.block) end
+  if not o.quiet then
+    if self.error then self.console:error("%s: %s", self.status, self.error) end
+    print("Run artifacts in: " .. self.dir)
+  end
+  return results, {dir = self.dir, evaluation = self.evaluation, test_results = self.test_results, finished = finished}
+end
+
+return M

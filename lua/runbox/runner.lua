@@ -118,7 +118,7 @@ end
 -- Runs the agent; sets agent_exit/how and status on limits.
 function Run:run_agent(sb, t, a)
   self:phase("agent", a.name)
-  if not a.command then self:phase_done("agent"); return end
+  if not a.command then self:phase_done("agent"); return true end
   local ctx = {model = self.model, prompt = t.instructions, prompt_file = "/app/LM_INSTRUCTIONS.md",
                repo = "/app/repo", codex_bin = self.opts.codex_bin, reasoning_effort = self.opts.reasoning_effort}
   local m

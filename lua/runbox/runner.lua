@@ -44,9 +44,10 @@ end
 local GIT_ID = "git -c user.email=runbox@localhost -c user.name=runbox"
 
 -- Streams a process's stdout and stderr into the sink; waits for both and the exit.
-local function run_logged(p, sink)
+local function run_logged(p, sink, run)
   local a = log.pipe(p, "stdout", sink, {keep = 20})
   local b = log.pipe(p, "stderr", sink, {keep = 20})
+  if run then run.pipes = {a, b} end
   a:wait()
   b:wait()
   local code, how = p:wait()
@@ -61,6 +62,15 @@ function Run:phase(name, detail)
   self.timings[name] = {start = sched.now()}
   if self.on_event then self.on_event{run = self, phase = name, detail = detail} end
   self.console:info("%s%s", name, detail and (": " .. detail) or "")
+end
+
+-- The agent's latest output line while it runs (for progress displays).
+function Run:latest_line()
+  for _, pipe in ipairs(self.pipes or {}) do
+    local l = pipe:last_line()
+    if l and l:match("%S") then return l end
+  end
+  return self.last_line
 end
 
 function Run:phase_done(name)
@@ -139,7 +149,8 @@ function Run:run_agent(sb, t, a)
   if not p then self:phase_done("agent"); return nil, err end
   self.agent_proc = p
   local guard <close> = p
-  local code, how, out = run_logged(p, {self.agent_log, self.console_stream or nil})
+  local code, how, out = run_logged(p, {self.agent_log, self.console_stream or nil}, self)
+  self.pipes = nil
   self.agent_proc = nil
   self.agent_exit, self.agent_how = code, how
   if m then

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -337,6 +338,18 @@ static int l_destroy(lua_State *L) {
 
 static int l_reap_all(lua_State *L) { rb_proc_reap_all(); return 0; }
 
+/* kill_pid(pid, signo) -> true | nil, err: kill(2) for processes runbox did not start itself
+ * (a negative pid names a process group). ESRCH counts as done. */
+static int l_kill_pid(lua_State *L) {
+    lua_Integer pid = luaL_checkinteger(L, 1);
+    int sig = (int)luaL_optinteger(L, 2, SIGTERM);
+    if (pid == 0 || pid == -1 || pid < INT32_MIN || pid > INT32_MAX)
+        return luaL_argerror(L, 1, "a process id or a negative process group id (not 0 or -1)");
+    if (kill((pid_t)pid, sig) < 0 && errno != ESRCH) { lua_pushnil(L); lua_pushstring(L, strerror(errno)); return 2; }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 int luaopen_runbox_c_proc(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"fd", l_fd}, {"pidfd", l_pidfd}, {"read", l_read}, {"write", l_write},
@@ -348,7 +361,7 @@ int luaopen_runbox_c_proc(lua_State *L) {
     lua_pushcfunction(L, l_destroy);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
-    static const luaL_Reg f[] = {{"spawn", l_spawn}, {"reap_all", l_reap_all}, {NULL, NULL}};
+    static const luaL_Reg f[] = {{"spawn", l_spawn}, {"reap_all", l_reap_all}, {"kill_pid", l_kill_pid}, {NULL, NULL}};
     luaL_newlib(L, f);
     return 1;
 }

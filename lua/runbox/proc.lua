@@ -182,6 +182,10 @@ function Proc:close()
 end
 Proc.__close = Proc.close
 
+-- Sends a signal (default SIGTERM) to a process runbox did not start (a negative id: a process
+-- group). true, or nil, err; a process that is already gone counts as done.
+function M.kill_pid(pid, sig) return cproc.kill_pid(pid, sig or SIGTERM) end
+
 -- Runs a command to its end, collecting stdout and stderr (read concurrently).
 -- Returns {code=, how=, stdout=, stderr=, signal=, timed_out=} or nil, err when it cannot start.
 function M.run(cmd)

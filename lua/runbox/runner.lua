@@ -264,7 +264,8 @@ function M.run(opts)
     if t.reference_patch then assert(fs.copy_file(t.reference_patch, self.dir .. "/task-input/diff.patch")) end
     -- 3. the sandbox
     self:phase("sandbox", o.backend)
-    local backend = sandbox.get(o.backend)
+    local backend, berr = sandbox.get(o.backend)
+    if not backend then self.status, self.error = "sandbox_error", "--backend: " .. errors.message(berr); return end
     local tags = {run = id}
     for k, v in pairs(o.tags or {}) do tags[k] = v end
     local serr

@@ -123,6 +123,15 @@ T.test("a second task reading the same stream gets an error instead of hanging",
   T.eq(first:join(), "done\n")
 end)
 
+T.test("kill_pid signals a process group runbox did not start itself", function()
+  local p <close> = assert(proc.spawn{"sleep", "30"})
+  T.ok(proc.kill_pid(-p.pid, 9))
+  local code, how = p:wait()
+  T.eq(how, "signal")
+  T.ok(proc.kill_pid(p.pid, 9), "a process that is gone counts as done")
+  T.raises("not 0 or %-1", proc.kill_pid, 0)
+end)
+
 T.test("wait with a timeout leaves the process running", function()
   local p <close> = assert(proc.spawn{"sleep", "5"})
   local code, err = p:wait(0.05)

@@ -497,12 +497,9 @@ function M.create(opts)
   return sb
 end
 
--- Sends SIGKILL to process groups (without a kill primitive in Lua: one sh for all of them).
+-- Sends SIGKILL to process groups.
 local function kill_groups(pgids)
-  if #pgids == 0 then return end
-  local cmd = {"/bin/sh", "-c", 'kill -s KILL -- "$@" 2>/dev/null; exit 0', "kill"}
-  for _, g in ipairs(pgids) do cmd[#cmd + 1] = "-" .. g end
-  proc.run(cmd)
+  for _, g in ipairs(pgids) do proc.kill_pid(-tonumber(g), SIGKILL) end
 end
 
 -- Kills bwrap processes with their process groups and the groups of their children: each

@@ -19,6 +19,7 @@ local spec = {
     {name = "judge", value = "MODEL", help = "score rubrics without tests with an LLM judge (OpenAI-compatible API)"},
     {name = "test-timeout", value = "SECONDS", type = "number", default = 300, help = "time limit per test script"},
     {name = "codex-bin", value = "PATH", help = "the codex binary to run in the sandbox (default: codex on PATH)"},
+    {name = "bootstrap", help = "run the task's own overlay_files/box_bootstrap.sh instead of an agent; it ends when it writes artifacts/completion.json"},
   },
   epilog = "The model endpoint is $OPENAI_BASE_URL (default https://api.openai.com/v1) with $OPENAI_API_KEY;\n"
         .. "the agent reaches it through runbox's metering proxy and never sees the key.",
@@ -28,7 +29,8 @@ local args = cli.main(spec, {...})
 local results = runner.run{task_dir = args.task_dir, backend = args.backend, agent = args.agent,
                            model = args.model, timeout = args.timeout, token_limit = args.token_limit,
                            run_id = args.run_id, runs_dir = args.runs_dir, judge = args.judge,
-                           test_timeout = args.test_timeout, codex_bin = args.codex_bin}
+                           test_timeout = args.test_timeout, codex_bin = args.codex_bin,
+                           bootstrap = args.bootstrap}
 -- the agent ran to some end: a result, even a failing one; anything else is an infrastructure error
 local ran = results.agent and results.agent.exit_code ~= nil or results.status == "completed"
 if not ran or results.status == "sandbox_error" or results.status == "cancelled" then os.exit(1) end

@@ -64,6 +64,22 @@ function M.command(line)
   }
 end
 
+-- A prepared task's own overlay_files/box_bootstrap.sh (the original runners' entry point), run
+-- in the repo with the variables it expects. The runner ends it once it writes
+-- /app/artifacts/completion.json with "completed": true (the original ended with `sleep 120`).
+function M.bootstrap(task_id)
+  return {
+    name = "bootstrap",
+    uses_model = true,
+    watch_completion = true,
+    command = function(ctx)
+      return {"bash", "/app/box_bootstrap.sh"}, {TASK_ID = task_id or "unknown", OPENAI_MODEL = ctx.model,
+                                                 OPENAI_API_KEY = ctx.api_token, OPENAI_BASE_URL = ctx.base_url,
+                                                 ARTIFACTS_DIR = "/app/artifacts", PYTHONUNBUFFERED = "1"}
+    end,
+  }
+end
+
 -- Resolves an --agent value: a stock name, "cmd:LINE", or a table defined by a Lua recipe.
 function M.get(spec)
   if type(spec) == "table" then

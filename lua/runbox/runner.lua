@@ -149,6 +149,8 @@ function Run:run_agent(sb, t, a)
   if not p then self:phase_done("agent"); return nil, err end
   self.agent_proc = p
   local guard <close> = p
+  local watcher = a.watch_completion and sched.spawn(function() self:watch_completion(sb, p) end)
+  local watch_guard <close> = setmetatable({}, {__close = function() if watcher then watcher:cancel() end end})
   local code, how, out = run_logged(p, {self.agent_log, self.console_stream or nil}, self)
   self.pipes = nil
   self.agent_proc = nil
@@ -166,12 +168,38 @@ function Run:run_agent(sb, t, a)
     self.status = "token_limit"
   elseif how == "timeout" then
     self.status = "timeout"
-  elseif code ~= 0 then
+  elseif code ~= 0 and not self.completion_seen then
     self.status, self.error = "failed", ("agent exited with status %d"):format(code)
   end
   self.last_line = out:last_line()
   self:phase_done("agent")
   return true
+end
+
+-- Bootstrap mode: ends the bootstrap a few seconds after it reports completion.
+local function completion_written(sb)
+  local path = "/app/artifacts/completion.json"
+  local text
+  if sb.host_path then
+    text = fs.read(sb:host_path(path))
+  else
+    local r = sh(sb, "cat " .. path .. " 2>/dev/null", {cwd = "/app"})
+    text = r and r.stdout
+  end
+  local v = text and json.decode(text)
+  return type(v) == "table" and v.completed == true
+end
+
+function Run:watch_completion(sb, p)
+  while p:running() do
+    if completion_written(sb) then
+      self.completion_seen = true
+      sched.sleep(3)                      -- let it finish writing its artifacts
+      if p:running() then p:kill(15); sched.sleep(5); if p:running() then p:kill(9) end end
+      return
+    end
+    sched.sleep(1)
+  end
 end
 
 function Run:capture_diff(sb)
@@ -227,6 +255,7 @@ function M.run(opts)
                              backend_name = o.backend, on_event = o.on_event, task_dir = o.task_dir}, Run)
   local a, aerr = agent_mod.get(o.agent)
   if not a then errors.raise("usage", aerr) end
+  if o.bootstrap then a = agent_mod.bootstrap() end
   self.agent_name = a.name
 
   -- 1. the task (a created task is prepared first, into the run folder's parent tree)
@@ -260,6 +289,14 @@ function M.run(opts)
     end
     if not t then self.status, self.error = "failed", errors.message(err); return end
     self.task = t
+    if o.bootstrap then
+      if not fs.exists(t.dir .. "/overlay_files/box_bootstrap.sh") then
+        self.status, self.error = "failed", ("--bootstrap: %s/overlay_files/box_bootstrap.sh not found"):format(t.dir)
+        return
+      end
+      a = agent_mod.bootstrap(t.id)
+      self.agent_name = a.name
+    end
     assert(fs.write(self.dir .. "/task-input/LM_INSTRUCTIONS.md", t.instructions))
     if t.reference_patch then assert(fs.copy_file(t.reference_patch, self.dir .. "/task-input/diff.patch")) end
     -- 3. the sandbox

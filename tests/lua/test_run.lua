@@ -125,6 +125,43 @@ T.test("a token limit passed mid-run stops codex before it finishes: status toke
     T.eq(res.score, expected("fix-median-bug", "none"))
   end))
 
+-- A prepared copy of an example with its own box_bootstrap.sh.
+local function with_bootstrap(dir, script)
+  local r = assert(proc.run{BIN, "prepare", EXAMPLES .. "/fix-median-bug", "--out", dir .. "/prepared"})
+  assert(r.code == 0, r.stderr)
+  local prepared = r.stdout:match("[^\n]+")
+  assert(fs.write(prepared .. "/overlay_files/box_bootstrap.sh", script))
+  return prepared
+end
+
+T.test("--bootstrap runs the task's box_bootstrap.sh and ends it once completion.json says so",
+  T.with_temp_dir(function(dir)
+    local prepared = with_bootstrap(dir, table.concat({
+      "#!/bin/bash", "set -euo pipefail", "echo \"task $TASK_ID\"", "git apply /app/diff.patch",
+      "mkdir -p /app/artifacts", "echo '{\"completed\": true}' > /app/artifacts/completion.json",
+      "sleep 120"}, "\n") .. "\n")
+    local t0 = os.time()
+    local r, res, run_dir = run(dir, {prepared, "--bootstrap", "--timeout", "60"})
+    T.eq(r.code, 0, r.stderr)
+    T.eq(res.status, "completed", res.error)
+    T.eq(res.agent.name, "bootstrap")
+    T.eq(res.score, 1.0)
+    T.ok(os.time() - t0 < 40, "did not wait for the sleep 120")
+    T.ok(fs.exists(run_dir .. "/artifacts/completion.json"))
+    T.match(assert(fs.read(run_dir .. "/logs/agent.log")), "task fix%-median%-bug")
+  end))
+
+T.test("--bootstrap without completion is stopped at the time limit; without a script it is an error",
+  T.with_temp_dir(function(dir)
+    local prepared = with_bootstrap(dir, "#!/bin/bash\nsleep 120\n")
+    local r, res = run(dir, {prepared, "--bootstrap", "--timeout", "2"})
+    T.eq(r.code, 0, r.stderr)
+    T.eq(res.status, "timeout")
+    local r2, res2 = run(dir, {EXAMPLES .. "/fix-median-bug", "--bootstrap"})
+    T.ok(r2.code ~= 0)
+    T.match(res2.error, "box_bootstrap%.sh not found")
+  end))
+
 T.test("bad tasks: a missing folder, a broken tb_meta.json, an unreachable repository", T.with_temp_dir(function(dir)
   local r = run(dir, {dir .. "/no-such-task", "--agent", "oracle"})
   T.ok(r.code ~= 0)

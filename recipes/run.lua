@@ -19,6 +19,9 @@ local spec = {
     {name = "judge", value = "MODEL", help = "score rubrics without tests with an LLM judge (OpenAI-compatible API)"},
     {name = "test-timeout", value = "SECONDS", type = "number", default = 300, help = "time limit per test script"},
     {name = "codex-bin", value = "PATH", help = "the codex binary to run in the sandbox (default: codex on PATH)"},
+    {name = "price-input", value = "USD", type = "number", help = "USD per million input tokens, for the cost in results.json"},
+    {name = "price-cached", value = "USD", type = "number", help = "USD per million cached input tokens (default: the input price)"},
+    {name = "price-output", value = "USD", type = "number", help = "USD per million output tokens"},
     {name = "bootstrap", help = "run the task's own overlay_files/box_bootstrap.sh instead of an agent; it ends when it writes artifacts/completion.json"},
   },
   epilog = "The model endpoint is $OPENAI_BASE_URL (default https://api.openai.com/v1) with $OPENAI_API_KEY;\n"
@@ -30,7 +33,9 @@ local results = runner.run{task_dir = args.task_dir, backend = args.backend, age
                            model = args.model, timeout = args.timeout, token_limit = args.token_limit,
                            run_id = args.run_id, runs_dir = args.runs_dir, judge = args.judge,
                            test_timeout = args.test_timeout, codex_bin = args.codex_bin,
-                           bootstrap = args.bootstrap}
+                           bootstrap = args.bootstrap,
+                           prices = args.price_input and args.price_output
+                                    and {input = args.price_input, cached_input = args.price_cached, output = args.price_output}}
 -- the agent ran to some end: a result, even a failing one; anything else is an infrastructure error
 local ran = results.agent and results.agent.exit_code ~= nil or results.status == "completed"
 if not ran or results.status == "sandbox_error" or results.status == "cancelled" then os.exit(1) end

@@ -54,6 +54,17 @@ local function run_logged(p, sink, run)
   return code, how, a, b
 end
 
+-- Cost in USD from usage and prices in USD per million tokens {input, cached_input, output};
+-- nil without prices (runbox keeps no price list of its own: prices change, models come and go).
+function M.cost(tokens, prices)
+  if type(prices) ~= "table" or not prices.input or not prices.output then return nil end
+  local cached = tokens.cached or 0
+  local fresh = (tokens.input or 0) - cached
+  local usd = (fresh * prices.input + cached * (prices.cached_input or prices.input)
+               + (tokens.output or 0) * prices.output) / 1e6
+  return math.floor(usd * 1e6 + 0.5) / 1e6
+end
+
 local Run = {}
 Run.__index = Run
 
@@ -159,6 +170,7 @@ function Run:run_agent(sb, t, a)
     local u = m:usage()
     self.tokens = {input = u.input, output = u.output, cached = u.cached, reasoning = u.reasoning,
                    counted = u.counted, requests = u.requests, source = "proxy"}
+    self.tokens.cost_usd = M.cost(self.tokens, self.opts.prices)
   end
   if a.name == "codex" and (not self.tokens or self.tokens.requests == 0) then
     local n = agent_mod.codex_tokens_from_log(fs.read(self.dir .. "/logs/agent.log") or "")

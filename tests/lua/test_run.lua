@@ -91,7 +91,8 @@ T.test("the real codex CLI, through the metering proxy, makes an edit that lands
                                      usage = {input = 120, output = 30}}
     local secret = "sk-test-secret-" .. ("x"):rep(20)
     local r, res, run_dir = run(dir, {EXAMPLES .. "/fix-median-bug", "--agent", "codex", "--model", "gpt-5.5",
-                                      "--codex-bin", CODEX, "--timeout", "60"},
+                                      "--codex-bin", CODEX, "--timeout", "60",
+                                      "--price-input", "2", "--price-output", "10"},
                                 {OPENAI_BASE_URL = up.base_url, OPENAI_API_KEY = secret})
     T.eq(r.code, 0, r.stderr)
     T.eq(res.status, "completed", res.error)
@@ -100,6 +101,8 @@ T.test("the real codex CLI, through the metering proxy, makes an edit that lands
     T.eq(up.requests[1].auth, "Bearer " .. secret, "the proxy sent the real key upstream")
     T.eq(res.tokens.input, 120 * #up.requests)
     T.eq(res.tokens.source, "proxy")
+    local n = #up.requests
+    T.eq(res.tokens.cost_usd, (120 * n * 2 + 30 * n * 10) / 1e6, "cost from the given prices")
     local traces = assert(fs.read(run_dir .. "/artifacts/traces.jsonl"))
     T.eq(select(2, traces:gsub("\n", "")), #up.requests)
     local all = proc.run{"grep", "-rl", secret, run_dir}

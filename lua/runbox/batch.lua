@@ -9,6 +9,13 @@
 --   output:   {results_dir, save_artifacts (true)}
 -- Relative paths are relative to the folder runbox runs in, as with the original runner (but no
 -- `cd scripts` is needed: runbox runs from anywhere).
+--
+-- The batch folder: batch.json (id, config, settings, tasks), journal.jsonl (start / finish /
+-- resume records), runs/<run_id>/, summary.md/.csv/.json. --resume DIR reuses the recorded
+-- settings where no flag overrides them, first terminates the sandboxes tagged with the batch id
+-- that a killed runbox left, keeps every task whose final finish record holds a result (completed,
+-- failed, timeout, token_limit), and runs the others (never started, cancelled, interrupted,
+-- sandbox_error). Ctrl-C cancels the runs, writes the summaries of what finished, and re-raises.
 local yaml = require "runbox.yaml"
 local json = require "runbox.json"
 local fs = require "runbox.fs"
@@ -19,13 +26,16 @@ local task = require "runbox.task"
 local runner = require "runbox.runner"
 local report = require "runbox.report"
 local sandbox = require "runbox.sandbox"
-local log = require "runbox.log"
+local agent_mod = require "runbox.agent"
 
 local M = {}
 
 local function bad(file, field, message)
   return nil, errors.new("config", ("%s: %s: %s"):format(file, field, message), {path = file, field = field})
 end
+
+-- A YAML mapping (a Lua table that is not a non-empty list).
+local function mapping(v) return type(v) == "table" and (#v == 0 or next(v, #v) ~= nil) end
 
 local function absolute(base, p)
   if p:sub(1, 1) == "/" then return p end
@@ -45,16 +55,18 @@ function M.load_config(path)
     raw, err = yaml.decode_file(path)
     if raw == nil then return nil, err end
   end
-  if type(raw) ~= "table" then return bad(path, "(top)", "expected a mapping with agents, datasets and output") end
+  if not mapping(raw) then return bad(path, "(top)", "expected a mapping with agents, datasets and output") end
   local base = assert(fs.realpath("."))
   local cfg = {file = path, base = base}
   local a = raw.agents
-  if type(a) ~= "table" then return bad(path, "agents", "missing section (agents: {model, timeout_sec, ...})") end
+  if a == nil then return bad(path, "agents", "missing section (agents: {model, timeout_sec, ...})") end
+  if not mapping(a) then return bad(path, "agents", "expected a mapping (model, timeout_sec, max_parallel, ...)") end
   local function num(key, default, integer)
     local v = a[key]
     if v == nil then return default end
     if type(v) ~= "number" or v < 0 or (integer and math.type(v) ~= "integer") then
-      return nil, ("expected a non-negative %s, got %s"):format(integer and "integer" or "number", tostring(v))
+      return nil, ("expected a non-negative %s, got %s"):format(integer and "integer" or "number",
+                                                               type(v) == "string" and ("'" .. v .. "'") or tostring(v))
     end
     return v
   end
@@ -72,21 +84,22 @@ function M.load_config(path)
   agents.agent = a.agent or "oracle"
   agents.backend = a.backend or "local"
   if agents.max_parallel < 1 then return bad(path, "agents.max_parallel", "must be at least 1") end
+  if agents.create_rate <= 0 then return bad(path, "agents.create_rate", "must be above 0 (sandboxes created per second)") end
   cfg.agents = agents
-  if type(raw.datasets) ~= "table" or next(raw.datasets) == nil then
+  if not mapping(raw.datasets) or next(raw.datasets) == nil then
     return bad(path, "datasets", "missing section (datasets: {NAME: {path: folder of tasks}})")
   end
   cfg.datasets = {}
   for name, d in pairs(raw.datasets) do
     local field = "datasets." .. tostring(name)
-    if type(d) ~= "table" then return bad(path, field, "expected a mapping with path") end
+    if not mapping(d) then return bad(path, field, "expected a mapping with path") end
     if type(d.path) ~= "string" then return bad(path, field .. ".path", "missing (the folder holding the tasks)") end
     if d.tasks ~= nil and type(d.tasks) ~= "table" then return bad(path, field .. ".tasks", "expected a list of task folder names") end
     if d.enabled ~= nil and type(d.enabled) ~= "boolean" then return bad(path, field .. ".enabled", "expected true or false") end
     cfg.datasets[name] = {name = name, enabled = d.enabled ~= false, path = absolute(base, d.path), tasks = d.tasks or {}}
   end
   local o = raw.output
-  if type(o) ~= "table" then return bad(path, "output", "missing section (output: {results_dir: folder})") end
+  if not mapping(o) then return bad(path, "output", "missing section (output: {results_dir: folder})") end
   if type(o.results_dir) ~= "string" then return bad(path, "output.results_dir", "missing (where batch folders go)") end
   cfg.output = {results_dir = absolute(base, o.results_dir), save_artifacts = o.save_artifacts ~= false}
   return cfg
@@ -107,8 +120,14 @@ function M.discover(cfg, only)
       if #d.tasks > 0 then
         for _, t in ipairs(d.tasks) do out[#out + 1] = {name = tostring(t), dir = d.path .. "/" .. tostring(t), dataset = name} end
       else
-        local dirs, err = task.discover(d.path)
-        if not dirs then problems[#problems + 1] = errors.message(err)
+        local st = fs.stat(d.path)
+        local dirs, err
+        if not st or st.type ~= "dir" then
+          err = ("folder '%s' does not exist"):format(d.path)
+        else
+          dirs, err = task.discover(d.path)
+        end
+        if not dirs then problems[#problems + 1] = ("%s: datasets.%s.path: %s"):format(cfg.file, name, errors.message(err))
         else for _, dir in ipairs(dirs) do out[#out + 1] = {name = dir:match("[^/]+$"), dir = dir, dataset = name} end end
       end
     end
@@ -122,122 +141,73 @@ local function journal_append(path, rec)
   assert(fs.append(path, json.encode(rec) .. "\n", {fsync = true}))
 end
 
--- Reads a journal; returns {task_name = last finish record} for runs that ended with a result.
+local RETRY = {sandbox_error = true}
+local FINAL = {completed = true, failed = true, timeout = true, token_limit = true}
+
+-- Reads a journal; returns {task_name = last finish record} for runs that ended with a result
+-- (an infrastructure error is not one: --resume tries those again). A torn last line (a crash
+-- mid-write) is ended with a newline first, so the records appended after it stay readable.
 local function finished_tasks(path)
   local done = {}
   local text = fs.read(path) or ""
+  if text ~= "" and text:sub(-1) ~= "\n" then assert(fs.append(path, "\n", {fsync = true})) end
   for line in text:gmatch("[^\n]+") do
-    local rec = json.decode(line)   -- a torn last line (crash mid-write) decodes to nil: ignored
-    if type(rec) == "table" and rec.event == "finish" and rec.final then done[rec.task] = rec end
+    local rec = json.decode(line)   -- a torn line decodes to nil: ignored
+    if type(rec) == "table" and rec.event == "finish" and rec.final and FINAL[rec.status] then done[rec.task] = rec end
   end
   return done
 end
 
-local RETRY = {sandbox_error = true}
-local FINAL = {completed = true, failed = true, timeout = true, token_limit = true}
+-- The settings of a batch: flags (opts) over, on --resume, the batch's recorded settings, over
+-- the config.
+local function batch_settings(opts, cfg, recorded)
+  local a, r = cfg.agents, recorded or {}
+  local function pick(key, flag, default)
+    if opts[flag] ~= nil then return opts[flag] end
+    if r[key] ~= nil then return r[key] end
+    return default
+  end
+  return {agent = pick("agent", "agent", a.agent), model = pick("model", "model", a.model),
+          timeout = pick("timeout", "timeout", a.timeout_sec), token_limit = pick("token_limit", "token_limit", a.token_limit),
+          backend = pick("backend", "backend", a.backend), max_parallel = pick("max_parallel", "max_parallel", a.max_parallel),
+          retries = pick("retries", "retries", a.retries), create_rate = pick("create_rate", "create_rate", a.create_rate),
+          test_timeout = pick("test_timeout", "test_timeout", a.test_timeout), judge = pick("judge", "judge", nil)}
+end
 
--- Runs a batch. opts: config (loaded), dataset, max_parallel, agent, model, timeout, backend,
--- retries, resume (batch dir), format, output, on_line(text) (progress), judge.
--- Returns {dir, records, summary_text, infra_errors}.
-function M.run(opts)
-  local cfg = opts.config
-  local a = cfg.agents
-  local settings = {agent = opts.agent or a.agent, model = opts.model or a.model, timeout = opts.timeout or a.timeout_sec,
-                    token_limit = a.token_limit, backend = opts.backend or a.backend,
-                    max_parallel = opts.max_parallel or a.max_parallel, retries = opts.retries or a.retries,
-                    create_rate = a.create_rate, test_timeout = a.test_timeout, judge = opts.judge}
-  local say = opts.on_line or function(text) io.stdout:write(text, "\n"); io.stdout:flush() end
-  local dir, id, done = opts.resume, nil, {}
-  if dir then
-    local meta = json.decode_file(dir .. "/batch.json")
-    if not meta then return nil, errors.new("usage", ("--resume %s: no batch.json there"):format(dir)) end
-    id = meta.id
-    done = finished_tasks(dir .. "/journal.jsonl")
-    -- sandboxes the crashed batch left behind go first
-    local backend = sandbox.get(settings.backend)
-    for _, sb in ipairs(backend.list{tags = {batch = id}} or {}) do
-      backend.terminate_id(sb.id)
-      say(("resume: terminated sandbox %s left by the previous run"):format(sb.id))
+-- Opens an earlier batch for --resume: {id, settings, done}, or nil, err.
+local function open_batch(dir)
+  local meta, err = json.decode_file(dir .. "/batch.json")
+  if type(meta) ~= "table" or type(meta.id) ~= "string" then
+    return nil, errors.new("usage", ("--resume %s: not a batch folder (%s)"):format(dir,
+                           meta and "batch.json has no id" or errors.message(err)))
+  end
+  return {id = meta.id, settings = type(meta.settings) == "table" and meta.settings or {},
+          done = finished_tasks(dir .. "/journal.jsonl")}
+end
+
+-- Terminates the sandboxes tagged with the batch id that a killed runbox left; returns their ids.
+local function terminate_leftovers(backend, id, say)
+  local ids = {}
+  for _, sb in ipairs(backend.list{tags = {batch = id}} or {}) do
+    local ok, err = backend.terminate_id(sb.id)
+    if ok then
+      ids[#ids + 1] = sb.id
+      say(("resume: terminated sandbox %s left by the previous run%s"):format(sb.id, sb.alive and " (it was still running)" or ""))
+    else
+      say(("resume: cannot terminate sandbox %s: %s"):format(sb.id, errors.message(err)))
     end
-  else
-    assert(fs.mkdir_p(cfg.output.results_dir))
-    id, dir = util.run_id(cfg.output.results_dir)
-    dir = assert(fs.realpath(dir))
   end
-  local tasks, problems = M.discover(cfg, opts.dataset)
-  if not tasks then return nil, problems end
-  if #tasks == 0 then
-    return nil, errors.new("config", ("%s: no tasks found (datasets need folders with tb_meta.json)"):format(cfg.file))
-  end
-  if not opts.resume then
-    assert(json.encode_file(dir .. "/batch.json", {id = id, config = cfg.file, created = util.iso8601(),
-                                                   settings = settings, tasks = (function()
-                                                     local l = {} for i, t in ipairs(tasks) do l[i] = t.name end return l end)()},
-                            {pretty = true}))
-  end
-  local journal = dir .. "/journal.jsonl"
-  for _, p in ipairs(problems or {}) do say("warning: " .. p) end
-  say(("batch %s: %d task(s), %d at a time, agent %s, backend %s"):format(id, #tasks, settings.max_parallel,
-                                                                           tostring(settings.agent), settings.backend))
-  local sem = sched.semaphore(settings.max_parallel)
-  local bucket = sched.token_bucket(settings.create_rate, math.max(1, math.floor(settings.create_rate)))
-  local records, counts, t0 = {}, {done = 0, running = 0, failed = 0}, sched.now()
-  local function progress(rec, text)
-    say(("[%d/%d] %s"):format(counts.done, #tasks, text))
-  end
-  sched.scope(function(s)
-    for _, tk in ipairs(tasks) do
-      if done[tk.name] then
-        local r = done[tk.name]
-        records[#records + 1] = {task = tk.name, run_id = r.run_id, run_dir = r.run_dir, status = r.status,
-                                 duration = r.duration, error = r.error, evaluation = r.evaluation, results = r.test_results}
-        counts.done = counts.done + 1
-        progress(nil, ("%s: %s (from the journal)"):format(tk.name, r.status))
-      else
-        s:spawn(function()
-          sem:with(function()
-            local attempt = 0
-            while true do
-              attempt = attempt + 1
-              bucket:take()
-              counts.running = counts.running + 1
-              journal_append(journal, {event = "start", task = tk.name, attempt = attempt})
-              local started = sched.now()
-              local res, details = runner.run{task_dir = tk.dir, backend = settings.backend, agent = settings.agent,
-                                              model = settings.model, timeout = settings.timeout,
-                                              token_limit = settings.token_limit, runs_dir = dir .. "/runs",
-                                              test_timeout = settings.test_timeout, judge = settings.judge,
-                                              tags = {batch = id}, quiet = true}
-              counts.running = counts.running - 1
-              local duration = sched.now() - started
-              local final = FINAL[res.status] ~= nil or attempt > settings.retries or not RETRY[res.status]
-              if res.status == "cancelled" then final = false end
-              journal_append(journal, {event = "finish", task = tk.name, attempt = attempt, final = final,
-                                       status = res.status, run_id = res.run_id, run_dir = details and details.dir,
-                                       duration = duration, error = res.error, score = res.score,
-                                       evaluation = details and details.evaluation,
-                                       test_results = details and details.test_results})
-              if final or res.status == "cancelled" then
-                records[#records + 1] = {task = tk.name, run_id = res.run_id, run_dir = details and details.dir,
-                                         status = res.status, duration = duration, error = res.error,
-                                         evaluation = details and details.evaluation,
-                                         results = details and details.test_results}
-                counts.done = counts.done + 1
-                progress(nil, ("%s: %s%s (%.1fs)"):format(tk.name, res.status,
-                                                        res.score and (" score " .. math.floor(res.score * 100 + 0.5) .. "%") or "",
-                                                        duration))
-                return
-              end
-              local wait = math.min(60, 2 ^ attempt)
-              say(("%s: %s (%s); retry %d/%d in %ds"):format(tk.name, res.status, tostring(res.error),
-                                                           attempt, settings.retries, wait))
-              sched.sleep(wait)
-            end
-          end)
-        end)
-      end
-    end
-  end)
+  return ids
+end
+
+-- A summary record from a journal finish record (or a run's results).
+local function record_of(name, r)
+  return {task = name, run_id = r.run_id, run_dir = r.run_dir, status = r.status, duration = r.duration,
+          exit_code = r.exit_code, error = r.error, evaluation = r.evaluation, results = r.test_results}
+end
+
+-- Writes summary.md/.csv/.json into the batch folder; returns the texts by format.
+local function write_summaries(dir, records, t0)
   local recs = {}
   for i, r in ipairs(records) do recs[i] = report.record(r) end
   local info = {run_time = util.iso8601(), wall_time = sched.now() - t0}
@@ -246,8 +216,136 @@ function M.run(opts)
   assert(fs.write_atomic(dir .. "/summary.md", outputs.markdown))
   assert(fs.write_atomic(dir .. "/summary.csv", outputs.csv))
   assert(fs.write_atomic(dir .. "/summary.json", outputs.json))
+  return recs, outputs
+end
+
+-- Runs one task with retries for infrastructure errors; holds a slot of sem only while a run
+-- goes on (not during the backoff). Hands each final (or cancelled) record to ctx.finished.
+local function run_task(tk, ctx)
+  local settings, journal, say = ctx.settings, ctx.journal, ctx.say
+  local attempt = 0
+  while true do
+    attempt = attempt + 1
+    local res, details, duration = ctx.sem:with(function()
+      ctx.bucket:take()
+      journal_append(journal, {event = "start", task = tk.name, attempt = attempt})
+      local started = sched.now()
+      local r, d = runner.run{task_dir = tk.dir, backend = settings.backend, agent = settings.agent,
+                              model = settings.model, timeout = settings.timeout,
+                              token_limit = settings.token_limit, runs_dir = ctx.dir .. "/runs",
+                              test_timeout = settings.test_timeout, judge = settings.judge,
+                              tags = {batch = ctx.id}, quiet = true}
+      return r, d, sched.now() - started
+    end)
+    local final = res.status ~= "cancelled" and (FINAL[res.status] ~= nil or not RETRY[res.status]
+                                                 or attempt > settings.retries)
+    local rec = {task = tk.name, run_id = res.run_id, run_dir = details and details.dir, status = res.status,
+                 duration = duration, exit_code = res.agent and res.agent.exit_code, error = res.error,
+                 score = res.score, evaluation = details and details.evaluation,
+                 test_results = details and details.test_results}
+    local entry = {event = "finish", attempt = attempt, final = final}
+    for k, v in pairs(rec) do entry[k] = v end
+    journal_append(journal, entry)
+    if final or res.status == "cancelled" then
+      ctx.finished(tk, rec)
+      return
+    end
+    local wait = math.min(60, 2 ^ attempt)
+    say(("%s: %s (%s); retry %d/%d in %ds"):format(tk.name, res.status, tostring(res.error),
+                                                 attempt, settings.retries, wait))
+    sched.sleep(wait)
+  end
+end
+
+-- Runs a batch. opts: config (loaded), dataset, max_parallel, agent, model, timeout, backend,
+-- retries, resume (batch dir), on_line(text) (progress), judge. On --resume the batch's recorded
+-- settings apply where no flag is given. Returns {dir, id, records, outputs (summary text by
+-- format), infra_errors} or nil, err (code "usage" or "config": bad input; nothing was written).
+-- Interrupted (Ctrl-C), it writes the summaries of what finished and raises the cancellation.
+function M.run(opts)
+  local cfg = opts.config
+  local say = opts.on_line or function(text) io.stdout:write(text, "\n"); io.stdout:flush() end
+  local prev
+  if opts.resume then
+    local err
+    prev, err = open_batch(opts.resume)
+    if not prev then return nil, err end
+  end
+  local settings = batch_settings(opts, cfg, prev and prev.settings)
+  -- bad input is refused before anything is written
+  local ok_agent, aerr = agent_mod.get(settings.agent)
+  if not ok_agent then return nil, errors.new("usage", ("--agent / agents.agent: %s"):format(aerr)) end
+  local backend, berr = sandbox.get(settings.backend)
+  if not backend then return nil, errors.new("usage", ("--backend / agents.backend: %s"):format(errors.message(berr))) end
+  local tasks, problems = M.discover(cfg, opts.dataset)
+  if not tasks then return nil, problems end
+  if #problems > 0 then return nil, errors.new("config", table.concat(problems, "\n")) end
+  if #tasks == 0 then
+    local where = {}
+    for name, d in pairs(cfg.datasets) do
+      if (opts.dataset and name == opts.dataset) or (not opts.dataset and d.enabled) then where[#where + 1] = d.path end
+    end
+    table.sort(where)
+    return nil, errors.new("config", ("%s: no tasks found in %s (a task is a folder with a tb_meta.json; "
+                                      .. "check datasets.NAME.path, .tasks and .enabled)")
+                                     :format(cfg.file, #where > 0 and table.concat(where, ", ") or "any enabled dataset"))
+  end
+  local dir, id, done, journal
+  if prev then
+    dir, id, done = assert(fs.realpath(opts.resume)), prev.id, prev.done
+    journal = dir .. "/journal.jsonl"
+    -- sandboxes the killed batch left behind go first
+    local left = terminate_leftovers(backend, id, say)
+    journal_append(journal, {event = "resume", terminated = json.array(left), settings = settings})
+  else
+    assert(fs.mkdir_p(cfg.output.results_dir))
+    id, dir = util.run_id(cfg.output.results_dir)
+    dir, done = assert(fs.realpath(dir)), {}
+    journal = dir .. "/journal.jsonl"
+    local names = json.array()
+    for i, t in ipairs(tasks) do names[i] = t.name end
+    assert(json.encode_file(dir .. "/batch.json", {id = id, config = fs.realpath(cfg.file) or cfg.file,
+                                                   created = util.iso8601(), settings = settings, tasks = names},
+                            {pretty = true}))
+  end
+  say(("batch %s: %d task(s), %d at a time, agent %s, backend %s"):format(id, #tasks, settings.max_parallel,
+                                                                           tostring(settings.agent), settings.backend))
+  local records, ndone, t0 = {}, 0, sched.now()
+  local ctx = {settings = settings, journal = journal, say = say, dir = dir, id = id,
+               sem = sched.semaphore(settings.max_parallel),
+               bucket = sched.token_bucket(settings.create_rate, math.max(1, math.floor(settings.create_rate)))}
+  function ctx.finished(tk, rec)
+    records[#records + 1] = record_of(tk.name, rec)
+    ndone = ndone + 1
+    say(("[%d/%d] %s: %s%s (%.1fs)"):format(ndone, #tasks, tk.name, rec.status,
+                                           rec.score and (" score " .. math.floor(rec.score * 100 + 0.5) .. "%") or "",
+                                           rec.duration or 0))
+  end
+  local ok, err = pcall(sched.scope, function(s)
+    for _, tk in ipairs(tasks) do
+      local r = done[tk.name]
+      if r then
+        records[#records + 1] = record_of(tk.name, r)
+        ndone = ndone + 1
+        say(("[%d/%d] %s: %s (from the journal)"):format(ndone, #tasks, tk.name, r.status))
+      else
+        s:spawn(run_task, tk, ctx)
+      end
+    end
+  end)
+  if not ok then
+    if errors.is(err, "cancelled") then
+      write_summaries(dir, records, t0)
+      local finished = 0
+      for _, r in ipairs(records) do if FINAL[r.status] then finished = finished + 1 end end
+      say(("interrupted: %d of %d task(s) finished; finish the batch with --resume %s"):format(finished, #tasks, dir))
+    end
+    error(err, 0)
+  end
+  local recs, outputs = write_summaries(dir, records, t0)
   local infra = 0
   for _, r in ipairs(records) do if not FINAL[r.status] then infra = infra + 1 end end
+  if infra > 0 then say(("%d task(s) ended with an infrastructure error: --resume %s tries them again"):format(infra, dir)) end
   return {dir = dir, id = id, records = recs, outputs = outputs, infra_errors = infra}
 end
 

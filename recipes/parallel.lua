@@ -70,6 +70,8 @@ local result, berr = batch.run{config = cfg, dataset = args.dataset, max_paralle
                                agent = args.agent, model = args.model, timeout = args.timeout,
                                backend = args.backend, retries = args.retries, resume = args.resume,
                                judge = args.judge,
+                               -- a live board on a terminal; one line per event otherwise
+                               board = require("runbox.c.log").isatty(2) and os.getenv("RUNBOX_NO_BOARD") == nil,
                                on_line = function(text) io.stderr:write(text, "\n") end}
 if not result then
   io.stderr:write("runbox parallel: ", tostring(berr), "\n")

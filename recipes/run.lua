@@ -29,6 +29,12 @@ local spec = {
 }
 
 local args = cli.main(spec, {...})
+local agent_ok, agent_err = require("runbox.agent").get(args.agent)
+if not agent_ok then io.stderr:write("runbox run: --agent: ", agent_err, "\n"); os.exit(2) end
+if args.run_id and require("runbox.fs").exists(args.runs_dir .. "/" .. args.run_id) then
+  io.stderr:write(("runbox run: --run-id %s: %s/%s already exists; pick another id\n"):format(args.run_id, args.runs_dir, args.run_id))
+  os.exit(2)
+end
 local results = runner.run{task_dir = args.task_dir, backend = args.backend, agent = args.agent,
                            model = args.model, timeout = args.timeout, token_limit = args.token_limit,
                            run_id = args.run_id, runs_dir = args.runs_dir, judge = args.judge,

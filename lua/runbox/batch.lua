@@ -234,7 +234,10 @@ local function run_task(tk, ctx)
                               model = settings.model, timeout = settings.timeout,
                               token_limit = settings.token_limit, runs_dir = ctx.dir .. "/runs",
                               test_timeout = settings.test_timeout, judge = settings.judge,
-                              tags = {batch = ctx.id}, quiet = true}
+                              tags = {batch = ctx.id}, quiet = true,
+                              on_event = ctx.board and function(ev)
+                                if ev.phase == "prepare" or ev.phase == "sandbox" then ctx.board:started(tk.name, ev.run) end
+                              end}
       return r, d, sched.now() - started
     end)
     local final = res.status ~= "cancelled" and (FINAL[res.status] ~= nil or not RETRY[res.status]
@@ -264,7 +267,12 @@ end
 -- Interrupted (Ctrl-C), it writes the summaries of what finished and raises the cancellation.
 function M.run(opts)
   local cfg = opts.config
-  local say = opts.on_line or function(text) io.stdout:write(text, "\n"); io.stdout:flush() end
+  local board
+  local plain_say = opts.on_line or function(text) io.stdout:write(text, "\n"); io.stdout:flush() end
+  -- on a terminal (opts.board), event lines scroll above a live board instead
+  local say = function(text)
+    if board then board.notes[#board.notes + 1] = text else plain_say(text) end
+  end
   local prev
   if opts.resume then
     local err
@@ -311,12 +319,21 @@ function M.run(opts)
   say(("batch %s: %d task(s), %d at a time, agent %s, backend %s"):format(id, #tasks, settings.max_parallel,
                                                                            tostring(settings.agent), settings.backend))
   local records, ndone, t0 = {}, 0, sched.now()
-  local ctx = {settings = settings, journal = journal, say = say, dir = dir, id = id,
+  if opts.board then
+    board = require("runbox.board").new{total = #tasks, out = opts.board_out}
+    board:start(1)
+  end
+  local board_guard <close> = setmetatable({}, {__close = function()
+    if board then local b = board; board = nil; b:stop() end
+  end})
+  local ctx = {settings = settings, journal = journal, say = say, dir = dir, id = id, board = board,
                sem = sched.semaphore(settings.max_parallel),
                bucket = sched.token_bucket(settings.create_rate, math.max(1, math.floor(settings.create_rate)))}
   function ctx.finished(tk, rec)
     records[#records + 1] = record_of(tk.name, rec)
     ndone = ndone + 1
+    if board then board.running[tk.name] = nil; board.done = board.done + 1
+      if not FINAL[rec.status] or rec.status ~= "completed" then board.failed = board.failed + 1 end end
     say(("[%d/%d] %s: %s%s (%.1fs)"):format(ndone, #tasks, tk.name, rec.status,
                                            rec.score and (" score " .. math.floor(rec.score * 100 + 0.5) .. "%") or "",
                                            rec.duration or 0))
@@ -327,6 +344,7 @@ function M.run(opts)
       if r then
         records[#records + 1] = record_of(tk.name, r)
         ndone = ndone + 1
+        if board then board.done = board.done + 1 end
         say(("[%d/%d] %s: %s (from the journal)"):format(ndone, #tasks, tk.name, r.status))
       else
         s:spawn(run_task, tk, ctx)

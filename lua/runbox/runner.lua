@@ -343,7 +343,11 @@ function M.run(opts)
   -- 7/8. artifacts back, sandbox gone, result files written: whatever happened above
   if sb then
     pcall(function() sb:get_tar("/app/artifacts", self.dir .. "/artifacts") end)
-    sb:terminate()
+    local tok, terr = pcall(sb.terminate, sb)
+    if not tok then   -- a second interruption here must not leave the sandbox running
+      pcall(sb.terminate, sb)
+      self.console:warn("terminating the sandbox: %s", errors.message(terr))
+    end
   end
   if not ok then
     if errors.is(run_err, "cancelled") then self.status, self.error = "cancelled", "cancelled: " .. errors.message(run_err)

@@ -417,7 +417,7 @@ end
 function M.discover(root)
   if type(root) ~= "string" then error("bad argument #1 to 'discover' (folder path expected)", 2) end
   local names, err = fs.list(root)
-  if not names then return nil, errors.new("task", ("cannot list task folder '%s': %s"):format(root, err.reason), {path = root}) end
+  if not names then return nil, errors.new("task", ("cannot list task folder '%s': %s"):format(root, errors.message(err)), {path = root}) end
   local abs = assert(fs.realpath(root))
   local out = {}
   for _, n in ipairs(names) do

@@ -45,4 +45,26 @@ T.test("start redraws periodically until stop", function()
   T.ok(n >= 3, "drew " .. n .. " times")
 end)
 
+T.test("runbox parallel on a terminal draws the board; off a terminal it prints lines", T.with_temp_dir(function(dir)
+  local fs, proc = require "runbox.fs", require "runbox.proc"
+  local src = os.getenv("RUNBOX_SOURCE") or assert(fs.realpath("."))
+  assert(fs.write(dir .. "/p.yaml", ("agents: {agent: oracle, max_parallel: 2}\n"
+    .. "datasets: {ex: {path: %s/examples/tasks, tasks: [fix-median-bug, add-slugify]}}\n"
+    .. "output: {results_dir: %s/results}\n"):format(src, dir)))
+  local bin = T.runbox_bin()
+  local r = assert(proc.run{"script", "-qec", bin .. " parallel p.yaml --agent 'cmd:sleep 1.5; git apply /app/diff.patch'",
+                            dir .. "/typescript", cwd = dir, timeout = 120,
+                            env = {RUNBOX_SANDBOX_REGISTRY = dir .. "/registry"}})
+  T.eq(r.code, 0, r.stdout .. r.stderr)
+  local screen = assert(fs.read(dir .. "/typescript"))
+  T.match(screen, "runbox batch  2/2 done")
+  T.match(screen, "\27%[%dA\r\27%[J", "redrawn in place")
+  T.match(screen, "agent%s+%d:%d%d")
+  local plain = assert(proc.run{bin, "parallel", "p.yaml", cwd = dir, timeout = 120,
+                                env = {RUNBOX_SANDBOX_REGISTRY = dir .. "/registry"}})
+  T.eq(plain.code, 0, plain.stderr)
+  T.ok(not plain.stderr:find("\27%["), "no cursor codes off a terminal")
+  T.match(plain.stderr, "%[2/2%] ")
+end), {timeout = 120})
+
 T.run()

@@ -31,4 +31,46 @@ int rb_lazy_missing(void *h, const char *lib, const char *sym, const char *pkg, 
  * missing, which has no Lua state to raise an error in. */
 void rb_lazy_report(int *flag, const char *err);
 
+/* The machinery both forwarder files share. With FUNCS(X, V) listing the library's functions
+ * (X(ret, name, fail, params, args) for a function returning ret, fail when the library is missing;
+ * V(name, params, args) for a void one) and VARIADIC(Y) naming the variadic ones (written out by
+ * hand), RB_LAZY_LIBRARY defines the table `real` of the library's own functions, the loader
+ * load_fn(err, n), a static ready() for the forwarders, and a forwarder for every FUNCS entry. */
+#define RB_LAZY_PTR(name) __typeof__(name) *name;
+#define RB_LAZY_PTR_X(ret, name, ...) RB_LAZY_PTR(name)
+#define RB_LAZY_PTR_V(name, ...) RB_LAZY_PTR(name)
+#define RB_LAZY_RESOLVE(name) \
+    if (!(real.name = (__typeof__(real.name))dlsym(h, #name))) \
+        return rb_lazy_missing(h, lib_name, #name, pkg_name, err, n);
+#define RB_LAZY_RESOLVE_X(ret, name, ...) RB_LAZY_RESOLVE(name)
+#define RB_LAZY_RESOLVE_V(name, ...) RB_LAZY_RESOLVE(name)
+#define RB_LAZY_FORWARD_X(ret, name, fail, params, args) \
+    ret name params { return ready() ? real.name args : fail; }
+#define RB_LAZY_FORWARD_V(name, params, args) \
+    void name params { if (ready()) real.name args; }
+
+#define RB_LAZY_LIBRARY(load_fn, lib, env, pkg, FUNCS, VARIADIC, ...) \
+    static struct { FUNCS(RB_LAZY_PTR_X, RB_LAZY_PTR_V) VARIADIC(RB_LAZY_PTR) } real; \
+    static int loaded, reported; \
+    int load_fn(char *err, size_t n) { \
+        static const char *const names[] = {__VA_ARGS__, NULL}; \
+        static const char *const lib_name = lib, *const pkg_name = pkg; \
+        if (loaded) return 0; \
+        void *h = rb_lazy_open(lib_name, env, names, pkg_name, err, n); \
+        if (!h) return -1; \
+        FUNCS(RB_LAZY_RESOLVE_X, RB_LAZY_RESOLVE_V) \
+        VARIADIC(RB_LAZY_RESOLVE) \
+        loaded = 1; \
+        return 0; \
+    } \
+    /* Normally the Lua module loaded the library already; this covers any other caller. */ \
+    static int ready(void) { \
+        if (__builtin_expect(loaded, 1)) return 1; \
+        char err[1024]; \
+        if (load_fn(err, sizeof err) == 0) return 1; \
+        rb_lazy_report(&reported, err); \
+        return 0; \
+    } \
+    FUNCS(RB_LAZY_FORWARD_X, RB_LAZY_FORWARD_V)
+
 #endif

@@ -84,42 +84,7 @@ typedef struct archive_entry_linkresolver R;
 
 #define ARCHIVE_VARIADIC(Y) Y(archive_set_error)
 
-#define PTR(name) __typeof__(name) *name;
-#define PTR_X(ret, name, ...) PTR(name)
-#define PTR_V(name, ...) PTR(name)
-static struct { ARCHIVE_FUNCS(PTR_X, PTR_V) ARCHIVE_VARIADIC(PTR) } real;
-static int loaded, reported;
-
-int rb_lazy_archive_load(char *err, size_t n) {
-    static const char *const names[] = {"libarchive.so.13", "libarchive.so", NULL};
-    if (loaded) return 0;
-    void *h = rb_lazy_open("libarchive", "RUNBOX_LIBARCHIVE", names, "libarchive13", err, n);
-    if (!h) return -1;
-#define RESOLVE(name) \
-    if (!(real.name = (__typeof__(real.name))dlsym(h, #name))) \
-        return rb_lazy_missing(h, "libarchive", #name, "libarchive13", err, n);
-#define RESOLVE_X(ret, name, ...) RESOLVE(name)
-#define RESOLVE_V(name, ...) RESOLVE(name)
-    ARCHIVE_FUNCS(RESOLVE_X, RESOLVE_V)
-    ARCHIVE_VARIADIC(RESOLVE)
-    loaded = 1;
-    return 0;
-}
-
-/* Normally runbox.c.tar has loaded libarchive already; this covers any other caller. */
-static int ready(void) {
-    if (__builtin_expect(loaded, 1)) return 1;
-    char err[1024];
-    if (rb_lazy_archive_load(err, sizeof err) == 0) return 1;
-    rb_lazy_report(&reported, err);
-    return 0;
-}
-
-#define FORWARD_X(ret, name, fail, params, args) \
-    ret name params { return ready() ? real.name args : fail; }
-#define FORWARD_V(name, params, args) \
-    void name params { if (ready()) real.name args; }
-ARCHIVE_FUNCS(FORWARD_X, FORWARD_V)
+RB_LAZY_LIBRARY(rb_lazy_archive_load, "libarchive", "RUNBOX_LIBARCHIVE", "libarchive13", ARCHIVE_FUNCS, ARCHIVE_VARIADIC, "libarchive.so.13", "libarchive.so")
 
 /* A va_list cannot be passed to a variadic function: format here, hand over the text. */
 void archive_set_error(A *a, int code, const char *fmt, ...) {

@@ -31,42 +31,7 @@
 
 #define CURL_VARIADIC(Y) Y(curl_easy_setopt) Y(curl_easy_getinfo) Y(curl_multi_setopt)
 
-#define PTR(name) __typeof__(name) *name;
-#define PTR_X(ret, name, ...) PTR(name)
-#define PTR_V(name, ...) PTR(name)
-static struct { CURL_FUNCS(PTR_X, PTR_V) CURL_VARIADIC(PTR) } real;
-static int loaded, reported;
-
-int rb_lazy_curl_load(char *err, size_t n) {
-    static const char *const names[] = {"libcurl.so.4", "libcurl.so", NULL};
-    if (loaded) return 0;
-    void *h = rb_lazy_open("libcurl", "RUNBOX_LIBCURL", names, "libcurl4", err, n);
-    if (!h) return -1;
-#define RESOLVE(name) \
-    if (!(real.name = (__typeof__(real.name))dlsym(h, #name))) \
-        return rb_lazy_missing(h, "libcurl", #name, "libcurl4", err, n);
-#define RESOLVE_X(ret, name, ...) RESOLVE(name)
-#define RESOLVE_V(name, ...) RESOLVE(name)
-    CURL_FUNCS(RESOLVE_X, RESOLVE_V)
-    CURL_VARIADIC(RESOLVE)
-    loaded = 1;
-    return 0;
-}
-
-/* Normally runbox.c.http has loaded libcurl already; this covers any other caller. */
-static int ready(void) {
-    if (__builtin_expect(loaded, 1)) return 1;
-    char err[1024];
-    if (rb_lazy_curl_load(err, sizeof err) == 0) return 1;
-    rb_lazy_report(&reported, err);
-    return 0;
-}
-
-#define FORWARD_X(ret, name, fail, params, args) \
-    ret name params { return ready() ? real.name args : fail; }
-#define FORWARD_V(name, params, args) \
-    void name params { if (ready()) real.name args; }
-CURL_FUNCS(FORWARD_X, FORWARD_V)
+RB_LAZY_LIBRARY(rb_lazy_curl_load, "libcurl", "RUNBOX_LIBCURL", "libcurl4", CURL_FUNCS, CURL_VARIADIC, "libcurl.so.4", "libcurl.so")
 
 /* setopt's third argument has the type given by the range its option number lies in (curl.h's
  * CURLOPTTYPE_*; STRINGPOINT, SLISTPOINT and CBPOINT are OBJECTPOINT, VALUES is LONG), so it is

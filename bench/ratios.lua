@@ -6,5 +6,6 @@ local base = data.results[1].mean
 print("| command | mean (s) | ± (s) | ratio to first |")
 print("|---|---|---|---|")
 for _, r in ipairs(data.results) do
-  print(("| `%s` | %.4f | %.4f | %.2fx |"):format(r.command, r.mean, r.stddev or 0, r.mean / base))
+  local sd = type(r.stddev) == "number" and r.stddev or 0   -- null for a single run
+  print(("| `%s` | %.4f | %.4f | %.2fx |"):format(r.command, r.mean, sd, r.mean / base))
 end

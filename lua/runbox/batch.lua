@@ -201,15 +201,16 @@ local function terminate_leftovers(backend, id, say)
 end
 
 -- A summary record from a journal finish record (or a run's results).
+-- The summary record of a finished run: only what the summaries show, so a batch of thousands
+-- of runs does not keep every run's test output in memory (the journal has it all).
 local function record_of(name, r)
-  return {task = name, run_id = r.run_id, run_dir = r.run_dir, status = r.status, duration = r.duration,
-          exit_code = r.exit_code, error = r.error, evaluation = r.evaluation, results = r.test_results}
+  return report.record{task = name, run_id = r.run_id, run_dir = r.run_dir, status = r.status,
+                       duration = r.duration, exit_code = r.exit_code, error = r.error,
+                       evaluation = r.evaluation, results = r.test_results}
 end
 
 -- Writes summary.md/.csv/.json into the batch folder; returns the texts by format.
-local function write_summaries(dir, records, t0)
-  local recs = {}
-  for i, r in ipairs(records) do recs[i] = report.record(r) end
+local function write_summaries(dir, recs, t0)
   local info = {run_time = util.iso8601(), wall_time = sched.now() - t0}
   local outputs = {markdown = report.summary_markdown(recs, info), csv = report.summary_csv(recs),
                    json = report.summary_json(recs)}

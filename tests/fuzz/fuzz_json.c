@@ -1,12 +1,7 @@
 /* libFuzzer target for runbox.json: decode must return a value or nil, err (never raise); what
  * decodes must encode, and encoding, decoding and encoding again must give the same text (also
  * through the pretty form). */
-#include "runtime.h"
-
-#include <lauxlib.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
+#include "lua_target.h"
 
 static const char *setup =
     "local json = require 'runbox.json'\n"
@@ -26,24 +21,6 @@ static const char *setup =
     "  if utf8.len(data) then assert(text2 == text, 'encode(decode(encode(x))) differs') end\n"
     "end\n";
 
-static lua_State *L;
-static int fn_ref;
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (!L) {
-        L = rb_runtime_new();
-        if (!L || luaL_loadstring(L, setup) != LUA_OK || lua_pcall(L, 0, 1, 0) != LUA_OK) {
-            fprintf(stderr, "fuzz_json setup: %s\n", L ? lua_tostring(L, -1) : "no state");
-            abort();
-        }
-        fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    }
-    lua_rawgeti(L, LUA_REGISTRYINDEX, fn_ref);
-    lua_pushlstring(L, (const char *)data, size);
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-        fprintf(stderr, "fuzz_json: %s\n", lua_tostring(L, -1));
-        abort();
-    }
-    lua_settop(L, 0);
-    return 0;
+    return fuzz_lua_call("fuzz_json", setup, data, size);
 }

@@ -1,12 +1,7 @@
 /* libFuzzer target for runbox.yaml: decode_all must return a list or nil, err (never raise), and
  * whatever decodes must go through json.encode (so no cycles, no wild values) unless it holds
  * NaN or infinity. */
-#include "runtime.h"
-
-#include <lauxlib.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
+#include "lua_target.h"
 
 static const char *setup =
     "local yaml, json = require 'runbox.yaml', require 'runbox.json'\n"
@@ -18,24 +13,6 @@ static const char *setup =
     "  if not ok then assert(tostring(e):find('NaN') or tostring(e):find('infinity') or tostring(e):find('table key'), e) end\n"
     "end\n";
 
-static lua_State *L;
-static int fn_ref;
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (!L) {
-        L = rb_runtime_new();
-        if (!L || luaL_loadstring(L, setup) != LUA_OK || lua_pcall(L, 0, 1, 0) != LUA_OK) {
-            fprintf(stderr, "fuzz_yaml setup: %s\n", L ? lua_tostring(L, -1) : "no state");
-            abort();
-        }
-        fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    }
-    lua_rawgeti(L, LUA_REGISTRYINDEX, fn_ref);
-    lua_pushlstring(L, (const char *)data, size);
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-        fprintf(stderr, "fuzz_yaml: %s\n", lua_tostring(L, -1));
-        abort();
-    }
-    lua_settop(L, 0);
-    return 0;
+    return fuzz_lua_call("fuzz_yaml", setup, data, size);
 }

@@ -115,6 +115,14 @@ function M.runbox_bin()
   return assert(fs.readlink("/proc/self/exe"))
 end
 
+-- Runs a line of Lua in a second runbox process (`runbox -e code`); opts are runbox.proc options
+-- (env, cwd, timeout: default 30 s). Returns proc.run's result {code, stdout, stderr, ...}.
+function M.run_code(code, opts)
+  local cmd = {M.runbox_bin(), "-e", code, timeout = 30}
+  for k, v in pairs(opts or {}) do cmd[k] = v end
+  return assert(require("runbox.proc").run(cmd))
+end
+
 -- True while the process exists and is not a zombie (an exited child nobody reaped yet).
 function M.pid_alive(pid)
   local n = math.tointeger(tonumber(pid))

@@ -6,12 +6,7 @@ local errors = require "runbox.errors"
 
 local BIN = T.runbox_bin()
 
--- Runs a Lua snippet in a second runbox process; returns its result table.
-local function child(code, opts)
-  local cmd = {BIN, "-e", code, timeout = 30}
-  for k, v in pairs(opts or {}) do cmd[k] = v end
-  return assert(proc.run(cmd))
-end
+local child = T.run_code
 
 local function quote(s) return ("%q"):format(s) end
 

@@ -1,13 +1,9 @@
 -- libcurl and libarchive are loaded when runbox.http / runbox.tar are first required (see
 -- engine/lazy.h): a missing library is a clear error naming it and its Debian package.
 local T = require "runbox.testing"
-local proc = require "runbox.proc"
 
-local BIN = T.runbox_bin()
 
-local function runbox(code, env)
-  return assert(proc.run{BIN, "-e", code, env = env, timeout = 30})
-end
+local function runbox(code, env) return T.run_code(code, {env = env}) end
 
 T.test("a missing libcurl fails require('runbox.http'), naming library and package", function()
   local r = runbox('require("runbox.http")', {RUNBOX_LIBCURL = "/nonexistent/libcurl.so"})

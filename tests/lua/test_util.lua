@@ -4,13 +4,8 @@ local fs = require "runbox.fs"
 local proc = require "runbox.proc"
 local errors = require "runbox.errors"
 
-local BIN = T.runbox_bin()
 
-local function child(code, opts)
-  local cmd = {BIN, "-e", code, timeout = 30}
-  for k, v in pairs(opts or {}) do cmd[k] = v end
-  return assert(proc.run(cmd))
-end
+local child = T.run_code
 
 -- bytes i % 251 for i = 0 .. n-1 (the same data the expected digests were made from)
 local function pattern(n)

@@ -233,6 +233,20 @@ static int l_copy_file(lua_State *L) {
 
 /* ---- names and metadata ---- */
 
+/* Creates path and its missing parents. The common cases (the folder exists, or only its last
+   component is missing) cost one or two syscalls: it walks up only on ENOENT. */
+static int make_dirs(char *p, mode_t mode) {
+    if (mkdir(p, mode) == 0 || errno == EEXIST) return 0;
+    if (errno != ENOENT) return -1;
+    char *slash = strrchr(p, '/');
+    if (!slash || slash == p) return -1;
+    *slash = 0;
+    int r = make_dirs(p, mode);
+    *slash = '/';
+    if (r < 0) return -1;
+    return (mkdir(p, mode) == 0 || errno == EEXIST) ? 0 : -1;
+}
+
 static int l_mkdir_p(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     mode_t mode = opt_mode(L, 2, 0777);
@@ -240,13 +254,10 @@ static int l_mkdir_p(lua_State *L) {
     size_t len = strlen(path);
     char *p = (char *)lua_newuserdatauv(L, len + 1, 0);   /* scratch copy, collected by Lua */
     memcpy(p, path, len + 1);
-    for (char *s = p + 1; ; s++) {
-        if (*s != '/' && *s) continue;
-        char c = *s;
-        *s = 0;
-        if (mkdir(p, mode) < 0 && errno != EEXIST) return fail(L, "create directory", p, errno);
-        *s = c;
-        if (!c) break;
+    while (len > 1 && p[len - 1] == '/') p[--len] = 0;    /* "a/b/" is "a/b" */
+    if (make_dirs(p, mode) < 0) {
+        int e = errno;
+        return fail(L, "create directory", p, e);
     }
     struct stat st;
     if (stat(path, &st) < 0) return fail(L, "create directory", path, errno);

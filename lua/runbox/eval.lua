@@ -174,6 +174,12 @@ local function join_output(r)
 end
 
 local function write_script(sb, ts, o)
+  if sb.write_file then
+    -- the backend writes files itself (the local one from the host side: no process to start)
+    local ok, err = sb:write_file(o.repo .. "/" .. ts.path, ts.content)
+    if not ok then return nil, ("could not write %s into the repository: %s"):format(ts.path, errors.message(err)) end
+    return true
+  end
   local r, err = run_cmd(sb, {"sh", "-c", WRITER, "sh", ts.path, o.python}, o, ts.content, 60)
   if not r then return nil, "could not start the writer: " .. errors.message(err) end
   if r.how ~= "exit" or r.code ~= 0 then

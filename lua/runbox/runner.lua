@@ -89,8 +89,23 @@ function Run:phase_done(name)
   if t then t.seconds = sched.now() - t.start; t.start = nil end
 end
 
-function Run:write_json(name, value)
-  assert(json.encode_file(self.dir .. "/" .. name, value, {pretty = true}))
+-- Run files are plain writes; results.json, the record a crash must not lose or tear, is atomic
+-- and synced (json.encode_file).
+function Run:write_json(name, value, durable)
+  if durable then assert(json.encode_file(self.dir .. "/" .. name, value, {pretty = true}))
+  else assert(fs.write(self.dir .. "/" .. name, json.pretty(value))) end
+end
+
+-- Writes a file into the sandbox: the backend's write_file, else a shell that reads stdin.
+local function put_file(sb, path, data)
+  if sb.write_file then return sb:write_file(path, data) end
+  local p, err = sb:exec({"sh", "-c", 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1"', "sh", path},
+                         {cwd = "/", stdin = data, timeout = 120})
+  if not p then return nil, err end
+  local guard <close> = p
+  local code = p:wait()
+  if code ~= 0 then return nil, errors.new("sandbox", ("cannot write %s in the sandbox (exit %s)"):format(path, tostring(code))) end
+  return true
 end
 
 -- The results.json record.
@@ -111,14 +126,25 @@ end
 function Run:setup(sb, t)
   self:phase("setup", t.repo.url)
   local slog = self.setup_log
-  -- task files at /app (instructions, tb_meta, the reference diff for the oracle)
-  local overlay = t.dir .. "/overlay_files"
-  if fs.exists(overlay) then assert(sb:put_dir(overlay, "/app")) end
-  assert(sb:put_dir(self.dir .. "/task-input", "/app"))
+  -- task files at /app (instructions, tb_meta, the reference diff for the oracle): a prepared
+  -- task's overlay_files, or what `prepare` would write for a created one
+  if t.kind == "prepared" then
+    assert(sb:put_dir(t.dir .. "/overlay_files", "/app"))
+  else
+    for _, f in ipairs(assert(task.overlay_files(t))) do assert(put_file(sb, "/app/" .. f[1], f[2])) end
+  end
+  assert(put_file(sb, "/app/LM_INSTRUCTIONS.md", t.instructions))
   if sb.host_path then
-    local host_repo = sb:host_path("/app/repo")
-    local ok, err = task.clone(t, host_repo, {timeout = 600})
-    if not ok then return nil, err end
+    -- cloned on the host: a fresh clone is clean, so its HEAD is the baseline (task files are in
+    -- /app, outside the repository)
+    local head, err = task.clone(t, sb:host_path("/app/repo"), {timeout = 600})
+    if not head then return nil, err end
+    if type(head) == "string" then
+      self.baseline = head
+      assert(fs.mkdir_p(sb:host_path("/app/artifacts")))
+      self:phase_done("setup")
+      return true
+    end
   else
     local r = sh(sb, ("git clone -q -- '%s' /app/repo && cd /app/repo && git checkout -q '%s'")
                    :format(t.repo.url, t.repo.start_commit), {cwd = "/app", timeout = 600})
@@ -132,6 +158,7 @@ function Run:setup(sb, t)
   slog:line(r.stdout .. r.stderr)
   if r.code ~= 0 then return nil, errors.new("sandbox", "baseline commit failed: " .. r.stderr) end
   self.baseline = r.stdout:match("%x+")
+  assert(sb:exec({"mkdir", "-p", "/app/artifacts"}, {cwd = "/app"})):wait()
   self:phase_done("setup")
   return true
 end
@@ -248,7 +275,7 @@ function Run:evaluate(sb, t)
                   report.evaluation_json(info, t, evaluation, results, self.diff, lm,
                                          {tokens_total = self.tokens and self.tokens.counted,
                                           time_taken_seconds = self.timings.agent and self.timings.agent.seconds}))
-  assert(fs.write_atomic(self.dir .. "/scoring_results.md", report.markdown(info, t, evaluation, results, self.diff, lm)))
+  assert(fs.write(self.dir .. "/scoring_results.md", report.markdown(info, t, evaluation, results, self.diff, lm)))
   self.block = report.results_block(info, t, evaluation, results, self.diff, lm)
   self:phase_done("eval")
   return true
@@ -280,7 +307,7 @@ function M.run(opts)
     assert(fs.mkdir_p(dir))
   end
   self.id, self.dir = id, assert(fs.realpath(dir))
-  for _, sub in ipairs{"logs", "artifacts", "task-input"} do assert(fs.mkdir_p(self.dir .. "/" .. sub)) end
+  for _, sub in ipairs{"logs", "artifacts"} do assert(fs.mkdir_p(self.dir .. "/" .. sub)) end
   local prefix = o.prefix or ("[" .. id .. "] ")
   self.console_stream = not o.quiet and assert(log.sink{console = true, prefix = prefix}) or nil
   self.console = self.console_stream or assert(log.sink{file = self.dir .. "/logs/runbox.log"})
@@ -293,12 +320,7 @@ function M.run(opts)
   local sb
   local finished = false
   local ok, run_err = xpcall(function()
-    if t and t.kind == "created" then
-      self:phase("prepare")
-      local prepared, perr = task.prepare(o.task_dir, {out = self.dir .. "/prepared", quiet = true})
-      if not prepared then t, err = nil, perr else t, err = task.load(prepared) end
-      self:phase_done("prepare")
-    end
+    -- a created task is run as its prepared form, made in memory (setup writes its files)
     if not t then self.status, self.error = "failed", errors.message(err); return end
     self.task = t
     if o.bootstrap then
@@ -309,8 +331,6 @@ function M.run(opts)
       a = agent_mod.bootstrap(t.id)
       self.agent_name = a.name
     end
-    assert(fs.write(self.dir .. "/task-input/LM_INSTRUCTIONS.md", t.instructions))
-    if t.reference_patch then assert(fs.copy_file(t.reference_patch, self.dir .. "/task-input/diff.patch")) end
     -- 3. the sandbox
     self:phase("sandbox", o.backend)
     local backend, berr = sandbox.get(o.backend)
@@ -328,7 +348,6 @@ function M.run(opts)
       self.error = errors.message(setup_err)
       return
     end
-    assert(sb:exec({"mkdir", "-p", "/app/artifacts"}, {cwd = "/app"})):wait()
     local aok, agent_err = self:run_agent(sb, t, a)
     if not aok then self.status, self.error = "sandbox_error", errors.message(agent_err); return end
     self:capture_diff(sb)
@@ -357,7 +376,7 @@ function M.run(opts)
   assert(VERSION_OK[self.status or "failed"])
   self.status = self.status or "failed"
   local results = self:results()
-  self:write_json("results.json", results)
+  self:write_json("results.json", results, true)
   if self.block and not o.quiet then print(self.block) end
   if not o.quiet then
     if self.error then self.console:error("%s: %s", self.status, self.error) end

@@ -455,6 +455,23 @@ function M.prepare(created_dir, opts)
   return require("runbox.task.prepare").prepare(M, created_dir, opts or {})
 end
 
+-- The files a run puts at /app: {{name, content}...}, the prepared task's overlay_files (for a
+-- created task made in memory, as `prepare` would write them), or nil, err.
+function M.overlay_files(t)
+  if type(t) ~= "table" or not t.dir then error("bad argument #1 to 'overlay_files' (task expected)", 2) end
+  if t.kind == "created" then
+    local files, err = require("runbox.task.prepare").files_of(M, t)
+    if not files then return nil, err end
+    local out = {}
+    for _, f in ipairs(files) do
+      local name = f[1]:match("^overlay_files/(.+)$")
+      if name then out[#out + 1] = {name, f[2]} end
+    end
+    return out
+  end
+  return nil, errors.new("task", "a prepared task's files are its overlay_files folder: copy " .. t.dir .. "/overlay_files")
+end
+
 -- task.clone(t, dest [, {timeout = 600}]) -> true | nil, err (in runbox.task.clone)
 function M.clone(t, dest, opts)
   if type(t) ~= "table" or not t.repo then error("bad argument #1 to 'clone' (task expected)", 2) end

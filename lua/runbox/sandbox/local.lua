@@ -616,11 +616,18 @@ function Sandbox:exec(argv, opts)
     error("sb:exec: timeout must be a positive number of seconds", 2)
   end
   if self.state ~= "terminated" then
-    -- terminate_id from another runbox process marks the state file: this one then stops too
-    local st = json.decode_file(self.root .. "/sandbox.json")
-    if type(st) == "table" and st.id == self.id and st.state == "terminated" then
-      self.state, self.reason = "terminated", st.reason
-      if self._entry then fs.remove(self._entry) end
+    -- terminate_id from another runbox process marks the state file: this one then stops too.
+    -- It is read again only when it changed (a stat per exec, not a read and a decode).
+    local path = self.root .. "/sandbox.json"
+    local fst = fs.stat(path)
+    local stamp = fst and (fst.mtime .. ":" .. fst.size)
+    if stamp ~= self._state_stamp then
+      self._state_stamp = stamp
+      local st = json.decode_file(path)
+      if type(st) == "table" and st.id == self.id and st.state == "terminated" then
+        self.state, self.reason = "terminated", st.reason
+        if self._entry then fs.remove(self._entry) end
+      end
     end
   end
   if self.state == "terminated" then
@@ -683,6 +690,27 @@ end
 local function with_context(what, err)
   if errors.is(err) then err.message = what .. ": " .. err.message end
   return nil, err
+end
+
+-- Writes data to the file path inside the sandbox (parents made as needed; an existing file is
+-- replaced). Written from the host: a symlink left at the file's own path is replaced, and a
+-- folder on the way that is a symlink made inside the sandbox is refused (never followed).
+function Sandbox:write_file(path, data, opts)
+  if type(path) ~= "string" then error("sb:write_file: path must be a string", 2) end
+  if type(data) ~= "string" then error("sb:write_file: data must be a string", 2) end
+  if self.state == "terminated" then return fail(("write_file: sandbox %s was terminated"):format(self.id)) end
+  local dir, name = path:match("^(.*)/([^/]+)$")
+  if not name or name == "." or name == ".." then return fail(("write_file: '%s' does not name a file"):format(path)) end
+  local hdir, err = writable_dir(self, dir ~= "" and dir or "/", "write_file")
+  if not hdir then return nil, err end
+  local host = hdir .. "/" .. name
+  local st = fs.lstat(host)
+  if st and st.type == "link" then fs.remove(host)
+  elseif st and st.type ~= "file" then return fail(("write_file: '%s' is a %s in sandbox %s"):format(path, st.type, self.id)) end
+  local ok, werr = fs.write(host, data)
+  if not ok then return with_context(("write_file '%s'"):format(path), werr) end
+  if opts and opts.mode then fs.chmod(host, opts.mode) end
+  return true
 end
 
 -- Unpacks a tar archive (a file path or the archive bytes) into the folder dest inside the sandbox.

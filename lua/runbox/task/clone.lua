@@ -8,19 +8,23 @@ local M = {}
 
 local GIT_ENV = {GIT_TERMINAL_PROMPT = "0", GIT_ASKPASS = "true", SSH_ASKPASS = "true"}
 
-local function git(args, opts)
-  local cmd = {"git"}
-  for _, a in ipairs(args) do cmd[#cmd + 1] = a end
-  cmd.env = GIT_ENV
-  if not os.getenv("GIT_SSH_COMMAND") then
-    cmd.env = {GIT_SSH_COMMAND = "ssh -o BatchMode=yes"}
-    for k, v in pairs(GIT_ENV) do cmd.env[k] = v end
-  end
-  cmd.cwd, cmd.timeout = opts.cwd, opts.timeout
-  local r, err = proc.run(cmd)
-  if not r then return nil, err end
-  return r
+local function git_env()
+  local env = {}
+  for k, v in pairs(GIT_ENV) do env[k] = v end
+  if not os.getenv("GIT_SSH_COMMAND") then env.GIT_SSH_COMMAND = "ssh -o BatchMode=yes" end
+  return env
 end
+
+-- Clone, checkout and rev-parse in one process (a run starts one process here, not three). The
+-- exit status says which step failed; values travel as arguments, never through the script text.
+local SCRIPT = [[
+url=$1 dest=$2 target=$3 branch=$4
+git clone --quiet -- "$url" "$dest" || exit 90
+cd "$dest" || exit 90
+if [ -n "$branch" ]; then git checkout --quiet -B "$branch" "$target^{commit}" -- || exit 91
+else git checkout --quiet --detach "$target^{commit}" -- || exit 91; fi
+git rev-parse HEAD
+]]
 
 local function last_line(s)
   local last
@@ -30,39 +34,35 @@ end
 
 -- Clones t's repository into dest (which must not exist or be empty) and checks out the start
 -- commit: on the task's branch (moved to the start commit) when tb_meta names one, else detached.
+-- Returns the commit id checked out.
 function M.clone(t, dest, opts)
   local timeout = opts.timeout or 600
   local names = fs.list(dest)
   if names and #names > 0 then
     return nil, errors.new("task", ("cannot clone into '%s': the folder is not empty"):format(dest), {path = dest})
   end
-  local r, err = git({"clone", "--quiet", "--", t.repo.url, dest}, {timeout = timeout})
-  if not r then return nil, err end
-  if r.code ~= 0 then
-    return nil, errors.new("task", ("%s: %s: cannot clone '%s': %s; check the location and that it is reachable")
-                           :format(t.meta_file, t.repo.field, t.repo.url, r.timed_out and "timed out" or last_line(r.stderr)),
-                           {path = t.meta_file, field = t.repo.field})
-  end
   local start, branch = t.repo.start_commit, t.repo.branch
   local target = start
   if start == "HEAD" and branch then target = "refs/remotes/origin/" .. branch end
-  local args = branch and {"checkout", "--quiet", "-B", branch, target .. "^{commit}", "--"}
-      or {"checkout", "--quiet", "--detach", target .. "^{commit}", "--"}
-  r, err = git(args, {cwd = dest, timeout = timeout})
-  if not r or r.code ~= 0 then
+  local r, err = proc.run{"sh", "-c", SCRIPT, "sh", t.repo.url, dest, target, branch or "",
+                          env = git_env(), timeout = timeout}
+  if not r then return nil, err end
+  if r.code ~= 0 and r.code ~= 90 then
     -- leave dest as it was: absent, or an empty folder
     fs.remove_tree(dest)
     if names then fs.mkdir_p(dest) end
   end
-  if not r then return nil, err end
-  if r.code ~= 0 then
+  if r.code == 0 then return r.stdout:match("%x+") or true end
+  if r.code == 91 then
     local field = start == "HEAD" and t.repo.key .. ".branch" or t.repo.start_field
     local what = start == "HEAD" and ("branch '%s'"):format(branch) or ("commit '%s'"):format(start)
     return nil, errors.new("task", ("%s: %s: %s not found in '%s' (%s); give a commit or branch that exists there")
                            :format(t.meta_file, field, what, t.repo.url, last_line(r.stderr)),
                            {path = t.meta_file, field = field})
   end
-  return true
+  return nil, errors.new("task", ("%s: %s: cannot clone '%s': %s; check the location and that it is reachable")
+                         :format(t.meta_file, t.repo.field, t.repo.url, r.timed_out and "timed out" or last_line(r.stderr)),
+                         {path = t.meta_file, field = t.repo.field})
 end
 
 return M

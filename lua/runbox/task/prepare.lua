@@ -11,6 +11,7 @@ local M = {}
 -- Files copied from the created task's root into overlay_files/ when present.
 M.overlay = {"LM_INSTRUCTIONS.md", "repo_info.json", "diff.patch", "notes.md"}
 
+-- The prepared task's files as {relative path, content} pairs (tb_meta.json and overlay_files/).
 local function files_of(task, t)
   local meta = json.pretty(task.prepared_meta(t)) .. "\n"
   local files = {{"tb_meta.json", meta}, {"overlay_files/tb_meta.json", meta}}
@@ -32,14 +33,17 @@ end
 
 local function parent(path) return path:match("^(.*)/[^/]*$") end
 
--- Writes the files under dir; a file whose content is already right is left alone.
-local function update(dir, files)
+-- Writes the files under dir; a file whose content is already right is left alone. In an
+-- existing folder each write is atomic; a fresh hidden one is renamed into place as a whole, so
+-- plain writes do there.
+local function update(dir, files, fresh)
+  local write = fresh and fs.write or fs.write_atomic
   for _, f in ipairs(files) do
     local path = dir .. "/" .. f[1]
     local ok, err = fs.mkdir_p(parent(path))
     if not ok then return nil, write_error(path, err) end
-    if fs.read(path) ~= f[2] then
-      ok, err = fs.write_atomic(path, f[2])
+    if fresh or fs.read(path) ~= f[2] then
+      ok, err = write(path, f[2])
       if not ok then return nil, write_error(path, err) end
     end
   end
@@ -51,7 +55,7 @@ local function create(root, name, target, files)
   local tmp = ("%s/.%s.prepare-%s"):format(root, name, util.random_hex(8))
   local ok, err = fs.mkdir_p(tmp)
   if not ok then return nil, write_error(tmp, err) end
-  ok, err = update(tmp, files)
+  ok, err = update(tmp, files, true)
   if ok then
     local renamed, rerr = fs.rename(tmp, target)
     if not renamed then
@@ -62,6 +66,8 @@ local function create(root, name, target, files)
   if fs.exists(tmp) then fs.remove_tree(tmp) end
   return ok, err
 end
+
+M.files_of = files_of
 
 function M.prepare(task, created_dir, opts)
   local t, err = task.load(created_dir)

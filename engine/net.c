@@ -248,15 +248,17 @@ static int l_read(lua_State *L) {
     int fd = check_fd(L, 1);
     lua_Integer max = luaL_optinteger(L, 2, 65536);
     luaL_argcheck(L, max > 0 && max <= (1 << 26), 2, "max must be 1..64 MiB");
+    static char shared[65536];   /* one thread: no box allocated per read (see proc.c) */
     luaL_Buffer b;
-    char *p = luaL_buffinitsize(L, &b, (size_t)max);
+    char *p = (size_t)max <= sizeof shared ? shared : luaL_buffinitsize(L, &b, (size_t)max);
     ssize_t n;
     do n = read(fd, p, (size_t)max); while (n < 0 && errno == EINTR);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) return push_again(L);
         return push_fail(L, "%s", strerror(errno));
     }
-    luaL_pushresultsize(&b, (size_t)n);
+    if (p == shared) lua_pushlstring(L, p, (size_t)n);
+    else luaL_pushresultsize(&b, (size_t)n);
     return 1;
 }
 

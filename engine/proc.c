@@ -267,14 +267,18 @@ static int l_read(lua_State *L) {
     if (s == 0) return luaL_argerror(L, 2, "cannot read stdin");
     if (max <= 0) return luaL_argerror(L, 3, "must be positive");
     if (p->fds[s] < 0) { lua_pushliteral(L, ""); return 1; }
+    /* One shared buffer (the engine has one thread): a fresh 64 KiB box per read cost an
+       allocation and page faults on every chunk. Larger reads get their own buffer. */
+    static char shared[65536];
     luaL_Buffer b;
-    char *buf = luaL_buffinitsize(L, &b, (size_t)max);
+    char *buf = (size_t)max <= sizeof shared ? shared : luaL_buffinitsize(L, &b, (size_t)max);
     ssize_t n = read(p->fds[s], buf, (size_t)max);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) { lua_pushnil(L); lua_pushliteral(L, "again"); return 2; }
         lua_pushnil(L); lua_pushstring(L, strerror(errno)); return 2;
     }
-    luaL_pushresultsize(&b, (size_t)n);
+    if (buf == shared) lua_pushlstring(L, buf, (size_t)n);
+    else luaL_pushresultsize(&b, (size_t)n);
     if (n == 0) close_fd(&p->fds[s]);
     return 1;
 }

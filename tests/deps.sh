@@ -30,3 +30,13 @@ if [ ! -x "$CODEX_DIR/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown
   mkdir -p "$CODEX_DIR"
   (cd "$CODEX_DIR" && npm install --no-audit --no-fund --silent @openai/codex@0.169.0)
 fi
+
+# The official Modal JS SDK, to cross-check the stand-in Modal server (tests/modal_sdk/), pinned:
+# modal@0.7.2 is the last release built from modal-labs/libmodal (`modal@latest` is another package).
+MODAL_JS_DIR=${RUNBOX_TEST_MODAL_JS_DIR:-/opt/runbox-test/modal-js}
+if [ ! -f "$MODAL_JS_DIR/node_modules/modal/package.json" ] \
+   || ! grep -q '"version": "0.7.2"' "$MODAL_JS_DIR/node_modules/modal/package.json"; then
+  command -v npm >/dev/null || { $sudo apt-get install -y -qq npm >/dev/null; }
+  mkdir -p "$MODAL_JS_DIR"
+  (cd "$MODAL_JS_DIR" && npm install --no-audit --no-fund --silent modal@0.7.2)
+fi

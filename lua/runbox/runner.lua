@@ -128,12 +128,17 @@ function Run:setup(sb, t)
   local slog = self.setup_log
   -- task files at /app (instructions, tb_meta, the reference diff for the oracle): a prepared
   -- task's overlay_files, or what `prepare` would write for a created one
+  local has_instructions
   if t.kind == "prepared" then
     assert(sb:put_dir(t.dir .. "/overlay_files", "/app"))
+    has_instructions = t.instructions_file == t.dir .. "/overlay_files/LM_INSTRUCTIONS.md"
   else
-    for _, f in ipairs(assert(task.overlay_files(t))) do assert(put_file(sb, "/app/" .. f[1], f[2])) end
+    for _, f in ipairs(assert(task.overlay_files(t))) do
+      assert(put_file(sb, "/app/" .. f[1], f[2]))
+      if f[1] == "LM_INSTRUCTIONS.md" then has_instructions = f[2] == t.instructions end
+    end
   end
-  assert(put_file(sb, "/app/LM_INSTRUCTIONS.md", t.instructions))
+  if not has_instructions then assert(put_file(sb, "/app/LM_INSTRUCTIONS.md", t.instructions)) end
   if sb.host_path then
     -- cloned on the host: a fresh clone is clean, so its HEAD is the baseline (task files are in
     -- /app, outside the repository)

@@ -204,11 +204,21 @@ static int l_append(lua_State *L) {
 static int l_copy_file(lua_State *L) {
     const char *src = luaL_checkstring(L, 1);
     const char *dst = luaL_checkstring(L, 2);
-    int in = open(src, O_RDONLY | O_CLOEXEC);
-    if (in < 0) return fail(L, "read", src, errno);
+    int nofollow = 0;
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        lua_getfield(L, 3, "nofollow");
+        nofollow = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
+    /* nofollow: a regular file only, never through a symlink at src and never blocking on a fifo
+       (for files an untrusted process may swap) */
+    int in = open(src, O_RDONLY | O_CLOEXEC | (nofollow ? O_NOFOLLOW | O_NONBLOCK : 0));
+    if (in < 0) return fail(L, "read", src, errno == ELOOP && nofollow ? EPERM : errno);
     struct stat st;
     if (fstat(in, &st) < 0) { int e = errno; close(in); return fail(L, "stat", src, e); }
     if (S_ISDIR(st.st_mode)) { close(in); return fail(L, "copy", src, EISDIR); }
+    if (nofollow && !S_ISREG(st.st_mode)) { close(in); return fail(L, "copy", src, EINVAL); }
     int out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, st.st_mode & 07777);
     if (out < 0) { int e = errno; close(in); return fail(L, "write", dst, e); }
     char *buf = malloc(65536);

@@ -291,6 +291,27 @@ T.test("write_file writes from the host; a symlink folder is refused, a symlink 
   T.raises("data must be a string", sb.write_file, sb, "/app/x", 3)
 end))
 
+T.test("get_tar of a small plain tree copies file by file, modes kept; links take the archive path", with_sandboxes(function(dir, new)
+  local sb = new()
+  sh(sb, "mkdir -p /app/artifacts/sub && echo d > /app/artifacts/diff.patch && echo s > /app/artifacts/sub/s.txt"
+         .. " && chmod 700 /app/artifacts/sub/s.txt && mkfifo /app/fifo")
+  assert(fs.mkdir_p(dir .. "/out"))
+  assert(fs.write(dir .. "/out/diff.patch", "old"))                 -- replaced
+  assert(sb:get_tar("/app/artifacts", dir .. "/out"))
+  T.eq(fs.read(dir .. "/out/diff.patch"), "d\n")
+  T.eq(fs.read(dir .. "/out/sub/s.txt"), "s\n")
+  T.eq(("%o"):format(fs.stat(dir .. "/out/sub/s.txt").mode), "700")
+  -- the copy refuses what is not a regular file, even if asked directly
+  local ok, err = fs.copy_file(sb.root .. "/app/fifo", dir .. "/fifo-copy", {nofollow = true})
+  T.eq(ok, nil)
+  T.eq(err.reason, "invalid")
+  -- a link inside the tree: the archive path, which keeps links that stay inside
+  sh(sb, "ln -s diff.patch /app/artifacts/again.patch && ln -s /etc/passwd /app/artifacts/evil")
+  assert(sb:get_tar("/app/artifacts", dir .. "/out2"))
+  T.eq(fs.lstat(dir .. "/out2/again.patch").type, "link")
+  T.eq(fs.lstat(dir .. "/out2/evil"), nil)
+end))
+
 T.test("put_tar, put_dir and get_tar round trip; hostile paths are refused", with_sandboxes(function(dir, new)
   local sb = new()
   fs.mkdir_p(dir .. "/src/sub")

@@ -470,7 +470,7 @@ function M.create(opts)
     created_at = util.time(), state = "running",
     _deadline = opts.timeout and sched.now() + opts.timeout,
     _execs = setmetatable({}, {__mode = "k"}), _binds = binds,
-    _remove_root = remove_root, _owner = self_rec(), _empty = root .. "/empty",
+    _remove_root = remove_root, _owner = self_rec(), _empty = root .. "/empty", _made = {},
   }, Sandbox)
   build_args(sb, opts)
 
@@ -658,6 +658,7 @@ function Sandbox:exec(argv, opts)
   cmd.cwd = self.root
   cmd.stdin, cmd.stdout, cmd.stderr = opts.stdin, opts.stdout, opts.stderr
   cmd.timeout, cmd.kill_grace = timeout, opts.kill_grace
+  self._made = {}
   local p, err = proc.spawn(cmd)
   if not p then return fail(("sandbox %s: cannot start bwrap: %s"):format(self.id, err.message)) end
 
@@ -676,14 +677,25 @@ local function tar_opts(opts, defaults)
   return o
 end
 
+function Sandbox:_busy()
+  for p in pairs(self._execs) do
+    if p:running() then return true end
+  end
+  return false
+end
+
 local function writable_dir(sb, dest, what)
   if sb.state == "terminated" then
     return fail(("%s: sandbox %s was terminated"):format(what, sb.id))
   end
   local host, err = sb:_safe_host_path(dest, what)
   if not host then return nil, err end
+  -- a folder made since the last exec started still exists when no command runs (only a
+  -- command inside could remove it)
+  if sb._made[host] and not sb:_busy() then return host end
   local ok, merr = fs.mkdir_p(host)
   if not ok then return fail(("%s: cannot make '%s': %s"):format(what, dest, merr.message)) end
+  sb._made[host] = true
   return host
 end
 
@@ -740,6 +752,31 @@ function Sandbox:put_dir(local_dir, dest, opts)
   return true
 end
 
+-- A small tree of plain files and folders (artifacts: a diff, a status, a few outputs) is copied
+-- file by file, without an archive in between. Returns true, or nil (not small and plain: use
+-- the archive path, which also handles links and limits), or nil, err.
+local SMALL_TREE = 64
+local function copy_small_tree(host, local_dir)
+  local entries = fs.walk(host)
+  if not entries or #entries > SMALL_TREE then return nil end
+  for _, e in ipairs(entries) do
+    if e.type ~= "file" and e.type ~= "dir" then return nil end
+  end
+  local ok, err = fs.mkdir_p(local_dir)
+  if not ok then return nil, err end
+  for _, e in ipairs(entries) do
+    local to = local_dir .. "/" .. e.path
+    if e.type == "dir" then ok, err = fs.mkdir_p(to)
+    else
+      -- never through a link swapped in since the walk, never a host file's content
+      if fs.lstat(to) then fs.remove(to) end
+      ok, err = fs.copy_file(host .. "/" .. e.path, to, {nofollow = true})
+    end
+    if not ok then return nil, err end
+  end
+  return true
+end
+
 -- Copies src (a folder or a file inside the sandbox) out: unpacked safely into the host folder
 -- local_dir (a folder's contents; a file under its name), or, without local_dir, returned as a
 -- tar archive string. opts: exclude, compression (for the string), outside_links ("skip").
@@ -756,6 +793,11 @@ function Sandbox:get_tar(src, local_dir, opts)
     files = {files}
   elseif st.type ~= "dir" then
     return fail(("get_tar: '%s' is neither a folder nor a file"):format(src))
+  end
+  if local_dir and not files and not (opts.exclude or opts.max_bytes or opts.max_entries or opts.outside_links) then
+    local copied, cerr = copy_small_tree(host, local_dir)
+    if copied then return true end
+    if cerr then return with_context(("get_tar of '%s'"):format(src), cerr) end
   end
   local tar = lazy_tar()
   if not local_dir then

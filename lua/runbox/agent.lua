@@ -19,13 +19,18 @@ M.codex = {
   name = "codex",
   uses_model = true,
   command = function(ctx)
-    local provider = ("model_providers.runbox={name=\"runbox\", base_url=%s, wire_api=\"responses\", "
-                      .. "env_key=\"OPENAI_API_KEY\", supports_websockets=false, request_max_retries=0, "
-                      .. "stream_max_retries=0}"):format(toml_string(ctx.base_url))
     local argv = {ctx.codex_bin or "codex", "exec", "--dangerously-bypass-approvals-and-sandbox",
-                  "--skip-git-repo-check", "--ephemeral", "-m", ctx.model,
-                  "-c", "model_provider=runbox", "-c", provider, "-c", "analytics.enabled=false",
-                  "--disable", "plugins", "--disable", "unbounded_connection_retries"}
+                  "--skip-git-repo-check", "--ephemeral", "-m", ctx.model}
+    -- without base_url (a cloud sandbox, where no proxy sits in between): codex's own provider
+    if ctx.base_url then
+      local provider = ("model_providers.runbox={name=\"runbox\", base_url=%s, wire_api=\"responses\", "
+                        .. "env_key=\"OPENAI_API_KEY\", supports_websockets=false, request_max_retries=0, "
+                        .. "stream_max_retries=0}"):format(toml_string(ctx.base_url))
+      for _, a in ipairs{"-c", "model_provider=runbox", "-c", provider} do argv[#argv + 1] = a end
+    end
+    for _, a in ipairs{"-c", "analytics.enabled=false", "--disable", "plugins", "--disable", "unbounded_connection_retries"} do
+      argv[#argv + 1] = a
+    end
     if is_reasoning_model(ctx.model) then
       argv[#argv + 1] = "-c"
       argv[#argv + 1] = ("model_reasoning_effort=%s"):format(toml_string(ctx.reasoning_effort or "medium"))

@@ -7,6 +7,8 @@
 --              retries (2), create_rate (5 per second), test_timeout (300)}
 --   datasets: {NAME: {enabled (true), path, tasks ([] = every folder with a tb_meta.json, sorted)}}
 --   output:   {results_dir, save_artifacts (true)}
+--   modal:    {image (a registry tag, or {registry, commands}), cpu, memory (MiB), app}: the modal
+--             backend's sandboxes (a task's tb_meta `sandbox` object overrides them)
 -- Relative paths are relative to the folder runbox runs in, as with the original runner (but no
 -- `cd scripts` is needed: runbox runs from anywhere).
 --
@@ -102,6 +104,28 @@ function M.load_config(path)
   if not mapping(o) then return bad(path, "output", "missing section (output: {results_dir: folder})") end
   if type(o.results_dir) ~= "string" then return bad(path, "output.results_dir", "missing (where batch folders go)") end
   cfg.output = {results_dir = absolute(base, o.results_dir), save_artifacts = o.save_artifacts ~= false}
+  local m = raw.modal
+  if m ~= nil then
+    if not mapping(m) then return bad(path, "modal", "expected a mapping (image, cpu, memory, app)") end
+    if m.image ~= nil then
+      if type(m.image) == "string" then m.image = {registry = m.image} end
+      if not mapping(m.image) or type(m.image.registry) ~= "string" then
+        return bad(path, "modal.image", "expected a registry tag, or a mapping with registry and commands")
+      end
+      if m.image.commands ~= nil then
+        if type(m.image.commands) ~= "table" then return bad(path, "modal.image.commands", "expected a list of Dockerfile lines") end
+        for i, c in ipairs(m.image.commands) do
+          if type(c) ~= "string" then return bad(path, ("modal.image.commands[%d]"):format(i - 1), "expected a Dockerfile line") end
+        end
+      end
+    end
+    if m.cpu ~= nil and (type(m.cpu) ~= "number" or m.cpu <= 0) then return bad(path, "modal.cpu", "expected a positive number of cores") end
+    if m.memory ~= nil and (math.type(m.memory) ~= "integer" or m.memory <= 0) then
+      return bad(path, "modal.memory", "expected a whole number of MiB")
+    end
+    if m.app ~= nil and type(m.app) ~= "string" then return bad(path, "modal.app", "expected an app name") end
+    cfg.modal = {image = m.image, cpu = m.cpu, memory = m.memory, app = m.app}
+  end
   return cfg
 end
 
@@ -235,7 +259,7 @@ local function run_task(tk, ctx)
                               model = settings.model, timeout = settings.timeout,
                               token_limit = settings.token_limit, runs_dir = ctx.dir .. "/runs",
                               test_timeout = settings.test_timeout, judge = settings.judge,
-                              tags = {batch = ctx.id}, quiet = true,
+                              tags = {batch = ctx.id}, quiet = true, modal = ctx.modal,
                               on_event = ctx.board and function(ev)
                                 if ev.phase == "prepare" or ev.phase == "sandbox" then ctx.board:started(tk.name, ev.run) end
                               end}
@@ -327,7 +351,7 @@ function M.run(opts)
   local board_guard <close> = setmetatable({}, {__close = function()
     if board then local b = board; board = nil; b:stop() end
   end})
-  local ctx = {settings = settings, journal = journal, say = say, dir = dir, id = id, board = board,
+  local ctx = {settings = settings, modal = cfg.modal, journal = journal, say = say, dir = dir, id = id, board = board,
                sem = sched.semaphore(settings.max_parallel),
                bucket = sched.token_bucket(settings.create_rate, math.max(1, math.floor(settings.create_rate)))}
   function ctx.finished(tk, rec)

@@ -231,8 +231,9 @@ end
 -- opts: keep (lines kept for h:tail()), max_line (bytes before a line is cut, default 1 MiB).
 -- Do not read that stream yourself meanwhile. Returns a handle: h:wait(), h:last_line(), h:tail().
 function M.pipe(p, stream, sinks, opts)
-  if type(p) ~= "table" or not p._c then error("log.pipe: expected a process from proc.spawn", 2) end
+  if type(p) ~= "table" or type(p.read) ~= "function" then error("log.pipe: expected a process from proc.spawn or a sandbox's exec", 2) end
   if stream ~= "stdout" and stream ~= "stderr" then error("log.pipe: stream must be \"stdout\" or \"stderr\"", 2) end
+  if not p._c then return M.pipe_reader(p, stream, sinks, opts) end
   local fd = p._c:fd(stream)
   if not fd then error(("log.pipe: %s of %s is not a pipe (spawn it with %s = \"pipe\")"):format(stream, p.name, stream), 2) end
   local pump = clog.pump(fd, c_targets(sinks, "log.pipe"), pump_opts(opts))
@@ -246,6 +247,33 @@ function M.pipe_fd(fd, sinks, opts)
   if math.type(fd) ~= "integer" or fd < 0 then error("log.pipe_fd: expected an fd number", 2) end
   local pump = clog.pump(fd, c_targets(sinks, "log.pipe_fd"), pump_opts(opts, opts and opts.close))
   return start(pump, fd, function() return true end, function() end, "log fd " .. fd)
+end
+
+-- Same for a process that is no OS process here (a remote sandbox's exec: it has p:read(stream)):
+-- a task copies its chunks into a local pipe that the C pump reads, so lines, redaction, tails
+-- and counts work alike.
+function M.pipe_reader(p, stream, sinks, opts)
+  local targets = c_targets(sinks, "log.pipe")
+  local cnet = require "runbox.c.net"
+  local rfd, wfd = cnet.pipe()
+  local feeder = sched.spawn(function()
+    local guard <close> = setmetatable({}, {__close = function() cnet.close(wfd) end})
+    while true do
+      local chunk = p:read(stream)
+      if not chunk then return end
+      local off = 0
+      while off < #chunk do
+        local n, err = cnet.write(wfd, chunk, off)
+        if n then off = off + n
+        elseif err == "again" then sched.wait_fd(wfd, "w")
+        else return end            -- the reading side is gone
+      end
+    end
+  end)
+  feeder.name = ("feed %s of %s"):format(stream, tostring(p.name or "exec"))
+  local pump = clog.pump(rfd, targets, pump_opts(opts, true))
+  return start(pump, rfd, function() return true end, function() feeder:cancel("log pipe ended") end,
+               ("log %s of %s"):format(stream, tostring(p.name or "exec")))
 end
 
 -- Waits for the end of the stream. Returns bytes, lines; or nil, err when a sink could not be

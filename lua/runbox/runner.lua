@@ -173,9 +173,13 @@ function Run:run_agent(sb, t, a)
   self:phase("agent", a.name)
   if not a.command then self:phase_done("agent"); return true end
   local ctx = {model = self.model, prompt = t.instructions, prompt_file = "/app/LM_INSTRUCTIONS.md",
-               repo = "/app/repo", codex_bin = self.opts.codex_bin, reasoning_effort = self.opts.reasoning_effort}
+               repo = "/app/repo", codex_bin = self.opts.codex_bin or self.codex_bin, reasoning_effort = self.opts.reasoning_effort}
   local m
-  if a.uses_model then
+  if a.uses_model and self.reaches_host == false then
+    -- the sandbox cannot reach a proxy on this machine (a cloud sandbox): the agent talks to the
+    -- endpoint itself with the key from its secret; tokens come from its own report afterwards
+    ctx.base_url = self.opts.upstream or os.getenv("OPENAI_BASE_URL")
+  elseif a.uses_model then
     local key = os.getenv("OPENAI_API_KEY")
     if key then log.redact(key) end
     ctx.api_token = "runbox-" .. util.random_hex(16)
@@ -342,9 +346,19 @@ function M.run(opts)
     if not backend then self.status, self.error = "sandbox_error", "--backend: " .. errors.message(berr); return end
     local tags = {run = id}
     for k, v in pairs(o.tags or {}) do tags[k] = v end
+    local create = {root = self.dir .. "/sandbox", workdir = "/app", network = t.network ~= false,
+                    timeout = (o.timeout or 1800) + #t.test_scripts * o.test_timeout + 600, tags = tags}
+    self.reaches_host = backend.reaches_host ~= false
+    if backend.name == "modal" then
+      local extra, merr = require("runbox.sandbox.modal_run").options{agent = a, run_id = id, task = t,
+                                                                     config = o.modal, codex_bin = o.codex_bin}
+      if not extra then self.status, self.error = "sandbox_error", errors.message(merr); return end
+      for k, v in pairs(extra.create) do create[k] = v end
+      create.on_log = function(line) self.setup_log:line(line) end
+      self.codex_bin = extra.codex_bin
+    end
     local serr
-    sb, serr = backend.create{root = self.dir .. "/sandbox", workdir = "/app", network = t.network ~= false,
-                              timeout = (o.timeout or 1800) + #t.test_scripts * o.test_timeout + 600, tags = tags}
+    sb, serr = backend.create(create)
     if not sb then self.status, self.error = "sandbox_error", errors.message(serr); return end
     self:phase_done("sandbox")
     local sok, setup_err = self:setup(sb, t)

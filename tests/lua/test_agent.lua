@@ -16,6 +16,11 @@ T.test("codex gets a custom provider, the prompt, and its key only in the enviro
   T.eq(env.OPENAI_API_KEY, "tok-123")
   local plain = a.command{model = "my-model", base_url = "http://x/v1", prompt = "p"}
   T.ok(not table.concat(plain, " "):find("reasoning"), "no reasoning flags for other models")
+  -- no endpoint in between (a cloud sandbox): codex's own provider, the key from the sandbox's secret
+  local direct, denv = a.command{model = "gpt-5-mini", prompt = "p", codex_bin = "/codex/bin/codex"}
+  T.ok(not table.concat(direct, " "):find("model_provider"), "no custom provider without base_url")
+  T.eq(denv.OPENAI_API_KEY, nil)
+  T.eq(direct[1], "/codex/bin/codex")
 end)
 
 T.test("get resolves names, cmd: lines and recipe tables; rejects the rest", function()

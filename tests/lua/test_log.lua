@@ -316,6 +316,34 @@ T.test("pipe_fd copies any non-blocking fd; stderr can be piped too", function()
   T.raises("not a pipe", log.pipe, q, "stdout", s)
 end)
 
+T.test("a process that is not an OS process (a remote exec with p:read) is piped alike", function()
+  local path = tmp .. "/remote.log"
+  local s = assert(log.sink{file = path})
+  -- chunks as a remote exec delivers them: lines split anywhere, a secret across two chunks, 2 MB
+  local big = ("x"):rep(999) .. "\n"
+  local chunks = {"first li", "ne\nsecond sk-remote-", "secret-42 end\n"}
+  for _ = 1, 2000 do chunks[#chunks + 1] = big end
+  chunks[#chunks + 1] = "last, unterminated"
+  log.redact("sk-remote-secret-42")
+  local i = 0
+  local fake = {name = "remote", read = function(_, stream)
+    assert(stream == "stdout")
+    i = i + 1
+    if i % 50 == 0 then sched.sleep(0) end
+    return chunks[i]
+  end}
+  local h = log.pipe(fake, "stdout", s, {keep = 2})
+  local bytes, lines = h:wait()
+  s:close()
+  local got = assert(fs.read(path))
+  T.eq(lines, 2003)
+  T.eq(bytes, #table.concat(chunks))          -- bytes read (the file has the secret masked)
+  T.match(got, "^first line\nsecond %*%*%* end\n")
+  T.match(got, "\nlast, unterminated\n$")
+  T.eq(h:last_line(), "last, unterminated")
+  T.raises("expected a process", log.pipe, {}, "stdout", s)
+end)
+
 T.test("cancelling a pipe writes the pending partial line", function()
   local path = tmp .. "/cancel.log"
   local s = assert(log.sink{file = path})

@@ -326,6 +326,7 @@ function Volume:_put_batch(items, opts)
             return
           end
           files[mb.file_index + 1].blocks[mb.block_index + 1].put_response = body
+          opts.sent = (opts.sent or 0) + #data
           progress(#data)
         end)
       end
@@ -336,10 +337,11 @@ end
 
 -- Uploads a local file or folder to remote_path in the volume (a folder's contents go under
 -- remote_path). opts: force (replace existing files; default true), on_progress(bytes),
--- parallel. Returns {files =, bytes =} or nil, err.
+-- parallel. Returns {files =, bytes =, sent = bytes of the blocks actually PUT (0 when the
+-- server had them all)} or nil, err.
 function Volume:put(local_path, remote_path, opts)
   opts = opts or {}
-  local o = {force = opts.force ~= false, on_progress = opts.on_progress, parallel = opts.parallel}
+  local o = {force = opts.force ~= false, on_progress = opts.on_progress, parallel = opts.parallel, sent = 0}
   if self.version ~= 2 then
     return fail(("Modal volume '%s' is a v1 volume: runbox uploads only to v2 volumes (create a new volume)"):format(self.name))
   end
@@ -369,7 +371,7 @@ function Volume:put(local_path, remote_path, opts)
     local ok, err = self:_put_batch(batch, o)
     if not ok then return nil, err end
   end
-  return {files = #items, bytes = bytes}
+  return {files = #items, bytes = bytes, sent = o.sent}
 end
 
 -- Writes data as the file remote_path (replacing it unless opts.force == false).

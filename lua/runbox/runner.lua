@@ -380,6 +380,14 @@ function M.run(opts)
   end)
   -- 7/8. artifacts back, sandbox gone, result files written: whatever happened above
   if sb then
+    if not self.reaches_host then
+      -- a remote sandbox keeps its artifacts where `runbox fetch` finds them: the result goes too
+      self.end_time = now_iso()
+      self.status = self.status or (ok and "failed" or nil)
+      local copy = self:results()
+      copy.status = copy.status or "sandbox_error"
+      pcall(sb.write_file, sb, "/app/artifacts/results.json", json.pretty(copy))
+    end
     pcall(function() sb:get_tar("/app/artifacts", self.dir .. "/artifacts") end)
     local tok, terr = pcall(sb.terminate, sb)
     if not tok then   -- a second interruption here must not leave the sandbox running

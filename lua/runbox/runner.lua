@@ -150,12 +150,31 @@ function Run:setup(sb, t)
       self:phase_done("setup")
       return true
     end
+  elseif t.repo.local_path then
+    -- a repository on this machine (a folder, a bundle) that a remote sandbox cannot see: cloned
+    -- here, then copied in; the baseline commit below catches any difference the copy made
+    local tmp = self.dir .. "/.repo-clone"
+    local head, err = task.clone(t, tmp, {timeout = 600})
+    if not head then return nil, err end
+    local ok, perr = sb:put_dir(tmp, "/app/repo")
+    fs.remove_tree(tmp)
+    if not ok then return nil, perr end
   else
-    local r = sh(sb, ("git clone -q -- '%s' /app/repo && cd /app/repo && git checkout -q '%s'")
-                   :format(t.repo.url, t.repo.start_commit), {cwd = "/app", timeout = 600})
-    if not r or r.code ~= 0 then
-      return nil, errors.new("task", ("cannot clone %s at %s: %s"):format(t.repo.url, t.repo.start_commit,
-                                                                       r and r.stderr or "no process"))
+    -- cloned inside the sandbox, from the network, by the same script as on the host
+    local p, err = sb:exec(require("runbox.task.clone").argv(t, "/app/repo"),
+                           {cwd = "/app", env = require("runbox.task.clone").env(), timeout = 600})
+    if not p then return nil, err end
+    local guard <close> = p
+    local errtask = sched.spawn(function() return p:read_all("stderr") end)
+    p:read_all("stdout")
+    local _, stderr = errtask:wait()
+    local code = p:wait()
+    if code ~= 0 then
+      local last = tostring(stderr or ""):match("([^\n]*%S[^\n]*)\n?$") or "no output"
+      return nil, errors.new("task", ("%s: %s: %s '%s' (%s)"):format(t.meta_file,
+                             code == 91 and t.repo.start_field or t.repo.field,
+                             code == 91 and "start commit or branch not found in" or "cannot clone",
+                             t.repo.url, last))
     end
   end
   local r = assert(sh(sb, GIT_ID .. " add -A && (" .. GIT_ID .. " diff --cached --quiet || " .. GIT_ID

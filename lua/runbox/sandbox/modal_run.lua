@@ -23,7 +23,8 @@ local function usage(message) return nil, errors.new("sandbox", message) end
 -- The process's Modal client (made on first use).
 function M.client()
   if shared.client then return shared.client end
-  local c, err = require("runbox.modal").client()
+  -- the backend's client: one connection per process for runs, list and terminate alike
+  local c, err = require("runbox.sandbox.modal").client()
   if not c then return nil, err end
   shared.client = c
   return c
@@ -33,7 +34,7 @@ end
 function M.reset() shared = {} end
 
 -- How the agent gets its key: {secrets = {name}} or {secret_env = {OPENAI_API_KEY = key}}.
-local function key_options(c)
+local function key_options(c, required)
   if shared.secret == nil then
     local s, err = c:secret_from_name(M.SECRET)
     if s then shared.secret = "named"
@@ -46,6 +47,7 @@ local function key_options(c)
     log.redact(key)
     return {secret_env = {OPENAI_API_KEY = key}}
   end
+  if not required then return {} end
   return usage(("the agent needs an OpenAI key in the Modal sandbox, and there is no Modal secret '%s' "
                 .. "and no OPENAI_API_KEY here: run `runbox setup` (it creates the secret from "
                 .. "OPENAI_API_KEY or ./.env), or set OPENAI_API_KEY"):format(M.SECRET))
@@ -106,8 +108,9 @@ function M.options(ctx)
   create.artifacts = {volume = M.ARTIFACTS_VOLUME, run_id = ctx.run_id}
   local out = {create = create}
   if ctx.agent.uses_model then
+    -- codex cannot work without a key; a command agent may not need one (it then gets none)
     local k
-    k, err = key_options(c)
+    k, err = key_options(c, ctx.agent.name == "codex")
     if not k then return nil, err end
     merge(create, k)
   end

@@ -32,6 +32,17 @@ local function last_line(s)
   return last or "(no output)"
 end
 
+-- The command that clones t's repository into dest and prints the commit checked out (exit 90:
+-- the clone failed, 91: the start commit or branch is not there); also run inside sandboxes.
+function M.argv(t, dest)
+  local start, branch = t.repo.start_commit, t.repo.branch
+  local target = start
+  if start == "HEAD" and branch then target = "refs/remotes/origin/" .. branch end
+  return {"sh", "-c", SCRIPT, "sh", t.repo.url, dest, target, branch or ""}
+end
+
+M.env = git_env
+
 -- Clones t's repository into dest (which must not exist or be empty) and checks out the start
 -- commit: on the task's branch (moved to the start commit) when tb_meta names one, else detached.
 -- Returns the commit id checked out.
@@ -42,10 +53,9 @@ function M.clone(t, dest, opts)
     return nil, errors.new("task", ("cannot clone into '%s': the folder is not empty"):format(dest), {path = dest})
   end
   local start, branch = t.repo.start_commit, t.repo.branch
-  local target = start
-  if start == "HEAD" and branch then target = "refs/remotes/origin/" .. branch end
-  local r, err = proc.run{"sh", "-c", SCRIPT, "sh", t.repo.url, dest, target, branch or "",
-                          env = git_env(), timeout = timeout}
+  local cmd = M.argv(t, dest)
+  cmd.env, cmd.timeout = git_env(), timeout
+  local r, err = proc.run(cmd)
   if not r then return nil, err end
   if r.code ~= 0 and r.code ~= 90 then
     -- leave dest as it was: absent, or an empty folder

@@ -378,7 +378,17 @@ function M.run(opts)
     end
     local serr
     sb, serr = backend.create(create)
-    if not sb then self.status, self.error = "sandbox_error", errors.message(serr); return end
+    if not sb then
+      self.status, self.error = "sandbox_error", errors.message(serr)
+      if type(serr) == "table" and serr.reason == "build_failed" then
+        -- the image's definition is at fault, not the infrastructure: a result, not retried
+        local log_text = type(serr.cause) == "table" and serr.cause.log or serr.log
+        if log_text then self.setup_log:line(log_text) end
+        self.status = "failed"
+        self.error = self.error .. " (the build log is in logs/setup.log)"
+      end
+      return
+    end
     self:phase_done("sandbox")
     local sok, setup_err = self:setup(sb, t)
     if not sok then

@@ -185,6 +185,40 @@ T.test("parallel --backend modal: every example at 100% through injected faults,
     end
   end))
 
+T.test("a task whose image does not build fails with the build log shown; the batch goes on",
+  T.with_temp_dir(function(dir)
+    local s <close> = modal_standin.start{build_run = "exec"}
+    local tasks = dir .. "/tasks"
+    assert(fs.mkdir_p(tasks))
+    assert(fs.symlink(SRC .. "/examples/repos", dir .. "/repos"))   -- the tasks name their bundles relatively
+    for _, name in ipairs{"add-slugify", "fix-median-bug"} do
+      T.eq(assert(proc.run{"cp", "-r", EXAMPLES .. "/" .. name, tasks .. "/" .. name}).code, 0)
+    end
+    local meta_file = tasks .. "/fix-median-bug/tb_meta.json"
+    local meta = assert(json.decode_file(meta_file))
+    meta.sandbox = {image = {registry = "python:3.11-slim", commands = {"RUN echo about to fail && exit 3"}}}
+    assert(json.encode_file(meta_file, meta))
+    local lines = {"agents:", "  agent: oracle", "  backend: modal", "  retries: 0", "datasets:", "  ex:",
+                   "    path: " .. tasks, "output:", "  results_dir: " .. dir .. "/results",
+                   "modal:", "  image: python:3.11-slim"}
+    assert(fs.write(dir .. "/b.yaml", table.concat(lines, "\n") .. "\n"))
+    local r = parallel(s, dir, {dir .. "/b.yaml", "--format", "json"})
+    local list = assert(json.decode(r.stdout), r.stdout .. r.stderr)
+    local by = {}
+    for _, row in ipairs(list) do by[row.task] = row end
+    T.eq(by["add-slugify"].status, "completed", by["add-slugify"].error)
+    T.eq(by["fix-median-bug"].status, "failed")
+    T.match(by["fix-median-bug"].error, "image")
+    local runs = batch_dir(dir) .. "/runs"
+    local found
+    for _, id in ipairs(fs.list(runs)) do
+      local log_text = fs.read(runs .. "/" .. id .. "/logs/setup.log") or ""
+      if log_text:find("about to fail", 1, true) then found = true end
+    end
+    T.ok(found, "the build's output is in the failed run's setup.log")
+    T.eq(alive(s), {})
+  end))
+
 T.test("a sandbox that dies mid-run is a sandbox error, retried, then completed",
   T.with_temp_dir(function(dir)
     local s <close> = server()

@@ -515,9 +515,7 @@ static void configure(lua_State *L, struct xfer *x, int t) {
     curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
     curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
     curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, x);
-    /* curl 7.88 loses the trailers of an HTTP/2 stream that ends while another stream had paused
-       the connection's frame processing (its buffer was full): the largest buffer makes that rare. */
-    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 512L * 1024);
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 64L * 1024);
     x->body_limit = opt_size(L, t, "body_limit", DEFAULT_LIMIT);
     set_body(L, x, t);
     const char *method = opt_string(L, t, "method");

@@ -16,6 +16,7 @@
     X("runbox.c.proc", luaopen_runbox_c_proc) \
     X("runbox.c.net", luaopen_runbox_c_net) \
     X("runbox.c.http", luaopen_runbox_c_http) \
+    X("runbox.c.h2", luaopen_runbox_c_h2) \
     X("runbox.c.tar", luaopen_runbox_c_tar) \
     X("runbox.c.log", luaopen_runbox_c_log) \
     X("runbox.c.repl", luaopen_runbox_c_repl) \

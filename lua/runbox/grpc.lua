@@ -1,6 +1,6 @@
--- gRPC client on runbox.http: unary and server-streaming calls over HTTP/2 (cleartext prior
--- knowledge for http:// targets, TLS with ALPN for https://). Calls from many tasks to one target
--- share one connection.
+-- gRPC client: unary and server-streaming calls over HTTP/2 (runbox.h2: cleartext prior knowledge
+-- for http:// targets, TLS with ALPN for https://, unix sockets). Calls from many tasks to one
+-- target share one connection (more when the server limits the streams per connection).
 --
 --   local ch = grpc.channel("http://127.0.0.1:50051", {metadata = {["x-client"] = "runbox"}})
 --   local reply, err = ch:unary("/pkg.Echo/Say", request_bytes, {timeout = 5})
@@ -10,7 +10,7 @@
 -- Messages are bytes, or tables encoded and decoded with runbox.pb when the call's options name
 -- schemas (request = S.Req, response = S.Resp). Failures are errors.new("grpc", ...) objects with
 -- grpc_code, grpc_status ("UNAVAILABLE"), grpc_message and metadata (the trailers).
-local http = require "runbox.http"
+local h2 = require "runbox.h2"
 local errors = require "runbox.errors"
 
 local M = {}
@@ -136,15 +136,22 @@ local Call = {}
 Call.__index = Call
 Call.__close = function(c) c:close() end
 
--- Turns a failed HTTP transfer into a gRPC error.
+-- gRPC codes for RST_STREAM error codes (as gRPC maps them); other resets are INTERNAL.
+local RESET_CODES = {[0x7] = 14, [0x8] = 1, [0xb] = 8, [0xc] = 7}
+
+-- Turns a failed HTTP/2 stream into a gRPC error: what happened to the connection or the stream is
+-- in the message, and its kind in err.transport.
 local function transport_error(err, path, timeout)
   if errors.is(err, "timeout") then
     return M.error(M.codes.DEADLINE_EXCEEDED, ("no answer within the call's timeout of %gs"):format(timeout or 0), path)
   end
-  local code = err.curl_code
-  local unavailable = {[5] = true, [6] = true, [7] = true, [35] = true, [52] = true, [55] = true, [56] = true}
-  local e = M.error(unavailable[code] and M.codes.UNAVAILABLE or M.codes.INTERNAL, errors.message(err))
-  e.curl_code, e.path = code, path     -- the message already names the URL
+  local kind = err.kind
+  local code = M.codes.UNAVAILABLE
+  if kind == "reset" then code = RESET_CODES[err.h2_code] or M.codes.INTERNAL
+  elseif kind == "protocol" then code = M.codes.INTERNAL
+  elseif kind == "cancelled" then code = M.codes.CANCELLED end
+  local e = M.error(code, errors.message(err))
+  e.path, e.transport, e.h2_code = path, kind, err.h2_code
   return e
 end
 
@@ -245,8 +252,8 @@ function Call:recv()
     local chunk, rerr = self.resp:read()
     if chunk then self:_add(chunk)
     elseif rerr then
-      -- a server may answer and reset the stream while the request is still being sent; curl
-      -- then reports an error although the status arrived: the status is the answer
+      -- a server may answer and reset the stream while the request is still being sent: once
+      -- the status arrived, it is the answer
       if status_of(self) then return self:_end() end
       return self:_fail(transport_error(rerr, self.path, self.timeout))
     else return self:_end() end
@@ -311,21 +318,9 @@ function Channel:_start(path, request, opts, where)
   add_metadata(headers, opts.metadata, where)
   local timeout = opts.timeout or self.timeout
   if timeout then headers["grpc-timeout"] = timeout_header(timeout) end
-  local req = {
-    method = "POST", url = self.base .. path, headers = headers, stream = true, timeout = timeout,
-    body = string.pack(">I1s4", 0, body), http_version = self.http_version,
-    unix_socket = self.unix_socket, insecure = self.insecure, ca_file = self.ca_file,
-    connect_timeout = self.connect_timeout,
-  }
-  local resp, err = http.request(req)
-  -- libcurl 7.88 loses the answer of a server that responds and resets the stream before the
-  -- request body went out ("Stream error in the HTTP/2 framing layer", no headers). It happens on
-  -- a reused connection that has unread bytes when the request starts: curl reads before it sends.
-  -- The server has not seen the request message, so it is sent again on a new connection.
-  if not resp and err.curl_code == 92 and (err.uploaded or 0) < #req.body then
-    req.fresh_connect = true
-    resp, err = http.request(req)
-  end
+  local st = h2.request(self.h2, {method = "POST", path = path, headers = headers, timeout = timeout,
+                                 body = string.pack(">I1s4", 0, body)})
+  local resp, err = st:response()
   if not resp then return nil, transport_error(err, path, timeout) end
   local call = setmetatable({resp = resp, path = path, parts = {}, off = 1, buflen = 0,
                              max_message = opts.max_message or self.max_message,
@@ -389,16 +384,10 @@ function M.channel(target, opts)
   local ch = setmetatable({metadata = opts.metadata, timeout = opts.timeout, insecure = opts.insecure,
                            ca_file = opts.ca_file, max_message = opts.max_message or M.max_message,
                            connect_timeout = opts.connect_timeout, target = target}, Channel)
-  local sock = target:match("^unix:(.+)$")
-  if sock then
-    ch.base, ch.unix_socket, ch.http_version = "http://localhost", sock:gsub("^//", ""), "2-prior-knowledge"
-  elseif target:match("^https://") then
-    ch.base, ch.http_version = target:gsub("/+$", ""), "2"
-  elseif target:match("^http://") then
-    ch.base, ch.http_version = target:gsub("/+$", ""), "2-prior-knowledge"
-  else
+  if not (target:match("^unix:.") or target:match("^https?://")) then
     error("grpc.channel: target must start with http://, https:// or unix:, got " .. target, 2)
   end
+  ch.h2 = h2.target(target, {ca_file = opts.ca_file, insecure = opts.insecure, connect_timeout = opts.connect_timeout})
   return ch
 end
 

@@ -48,7 +48,7 @@ function M.error(method, gerr, fields)
   if gerr.grpc_code and not REASONS[status] and status:match("^UNKNOWN%(") then
     detail = ("the server answered with status code %s, which gRPC does not define (%s)")
              :format(tostring(gerr.grpc_code), gerr.grpc_message ~= "" and gerr.grpc_message or "no message")
-  elseif gerr.curl_code then
+  elseif gerr.transport then
     detail = ("%s: the connection to the server failed or was closed: %s"):format(status, gerr.grpc_message)
   else
     detail = ("%s: %s"):format(status, gerr.grpc_message ~= "" and gerr.grpc_message or "(no message)")

@@ -109,7 +109,8 @@ T.test("the real codex CLI in a Modal sandbox: installation from its volume, key
     T.eq(res.score, 1.0)
     T.ok(#up.requests >= 2, "codex asked the model")
     T.eq(up.requests[1].auth, "Bearer " .. key, "the key from the Modal secret reached the endpoint")
-    T.eq(res.tokens and res.tokens.source, "codex log", "no proxy in between: codex's own report")
+    T.eq(res.tokens and res.tokens.source, "codex log", "no proxy in between: codex's own report; the log ends: "
+         .. (fs.read(run_dir .. "/logs/agent.log") or ""):sub(-300))
     T.eq(proc.run{"grep", "-rl", key, run_dir}.stdout, "", "the key is in no file of the run")
     T.ok(not (r.stdout .. r.stderr):find(key, 1, true), "nor on the console")
     for _, sb in ipairs(s.state().sandboxes) do

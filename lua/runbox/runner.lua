@@ -89,11 +89,17 @@ function Run:phase_done(name)
   if t then t.seconds = sched.now() - t.start; t.start = nil end
 end
 
--- Run files are plain writes; results.json, the record a crash must not lose or tear, is atomic
--- and synced (json.encode_file).
-function Run:write_json(name, value, durable)
-  if durable then assert(json.encode_file(self.dir .. "/" .. name, value, {pretty = true}))
-  else assert(fs.write(self.dir .. "/" .. name, json.pretty(value))) end
+-- Run files are plain writes; results.json, which readers poll for, appears whole (a temp file
+-- renamed into place). Durability is the batch journal's job (fsynced per record).
+function Run:write_json(name, value, whole)
+  local path = self.dir .. "/" .. name
+  if whole then
+    local tmp = path .. ".tmp"
+    assert(fs.write(tmp, json.pretty(value)))
+    assert(fs.rename(tmp, path))
+  else
+    assert(fs.write(path, json.pretty(value)))
+  end
 end
 
 -- Writes a file into the sandbox: the backend's write_file, else a shell that reads stdin.

@@ -563,6 +563,12 @@ end
 function Sandbox:_safe_host_path(inside, what)
   local host, w, rel = map_path(self, inside)
   if not host then return nil, w end
+  -- a folder this process made since the last exec started is no link while no command runs
+  local parent = host:match("^(.*)/[^/]*$")
+  if self._made[parent] and not self:_busy() then
+    local st = fs.lstat(host)
+    if not (st and st.type == "link") then return host end
+  end
   local cur = w.host
   for c in rel:gmatch("[^/]+") do
     cur = cur .. "/" .. c

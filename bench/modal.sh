@@ -93,7 +93,7 @@ sides=()
 [ "${MODAL_ONLY:-}" != sdk ] && sides+=(runbox)
 tree=
 [ "$RUNBOX" = "$ROOT/build/runbox" ] &&
-  tree=" (tree $(git -C "$ROOT" log -1 --format=%h 2>/dev/null)$(git -C "$ROOT" status --porcelain -- engine lua 2>/dev/null | grep -q . && echo ', with uncommitted changes'))"
+  tree=" (tree $(git -C "$ROOT" log -1 --format=%h 2>/dev/null)$(git -C "$ROOT" status --porcelain -- engine lua 2>/dev/null | grep -q . && echo ', with uncommitted changes' || true))"
 echo "$N sandboxes at once, $BYTES bytes of stdout each; $RUNS rounds; $("$RUNBOX" --version 2>/dev/null | head -1)$tree, node $(node --version), modal@0.7.2"
 for ((r = 1; r <= RUNS; r++)); do   # sides alternate: sdk first in odd rounds, runbox first in even ones
   if ((r % 2)); then order=("${sides[@]}"); else order=(); for ((i = ${#sides[@]} - 1; i >= 0; i--)); do order+=("${sides[i]}"); done; fi

@@ -116,6 +116,12 @@ T.test("the real codex CLI in a Modal sandbox: installation from its volume, key
     for _, sb in ipairs(s.state().sandboxes) do
       T.ok(not json.encode(sb):find(key, 1, true), "nor in what the server recorded")
     end
+    -- past --token-limit: no proxy can stop it on the way, so codex's report marks the run after
+    r, res = run(s, dir, {EXAMPLES .. "/fix-median-bug", "--agent", "codex", "--model", "gpt-5.5",
+                          "--timeout", "90", "--token-limit", "100"}, {OPENAI_BASE_URL = up.base_url})
+    T.eq(res.status, "token_limit", res.error)
+    T.ok(res.tokens.counted > 100, "counted " .. tostring(res.tokens.counted))
+    T.eq(alive(s), {})
   end))
 
 T.test("what is missing is said, with what to run: credentials, the secret, the codex volume",
@@ -271,6 +277,26 @@ T.test("SIGKILL mid-batch, then --resume: the killed batch's sandboxes are termi
       end
     end
     for _, name in ipairs(NAMES) do T.ok(done[name], name .. " completed") end
+  end))
+
+T.test("Ctrl-C mid-batch: exit 130, every Modal sandbox of the batch terminated, --resume finishes",
+  T.with_temp_dir(function(dir)
+    local s <close> = server()
+    local cfg = write_config(dir, "cmd:sleep 30", {})
+    local p = parallel(s, dir, {cfg, "--max-parallel", "3"}, {spawn = true})
+    local deadline = sched.now() + 60
+    while sched.now() < deadline and #alive(s) < 3 do sched.sleep(0.2) end
+    T.eq(#alive(s), 3, "three sandboxes running")
+    p:kill(2)
+    local code, how = p:wait(30)
+    p:close()
+    T.eq({code, how}, {130, "exit"})
+    T.eq(alive(s), {}, "no sandbox left after Ctrl-C")
+    -- the rest with an agent that finishes: the recorded settings, overridden by the flag
+    local r = parallel(s, dir, {cfg, "--resume", batch_dir(dir), "--agent", "oracle", "--format", "json"})
+    T.eq(r.code, 0, r.stderr)
+    for _, row in ipairs(assert(json.decode(r.stdout))) do T.eq(row.score, 1.0, row.task) end
+    T.eq(alive(s), {})
   end))
 
 T.run()

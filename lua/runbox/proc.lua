@@ -64,9 +64,12 @@ function M.spawn(cmd)
   if type(cmd) ~= "table" then error("proc.spawn: expected a table {\"program\", args...}", 2) end
   local feed = type(cmd.stdin) == "string" and cmd.stdin ~= "pipe" and cmd.stdin ~= "null"
                and cmd.stdin ~= "inherit" and cmd.stdin or nil
-  local args = table.move(cmd, 1, #cmd, 1, {})
-  for k, v in pairs(cmd) do if type(k) ~= "number" then args[k] = v end end
-  args.stdin = feed and "pipe" or cmd.stdin
+  local args = cmd
+  if feed then   -- the C side gets a pipe for the string; the caller's table is left as it was
+    args = table.move(cmd, 1, #cmd, 1, {})
+    for k, v in pairs(cmd) do if type(k) ~= "number" then args[k] = v end end
+    args.stdin = "pipe"
+  end
   local c, err = cproc.spawn(args)
   -- argv only: cmd also holds env, whose values must not travel in an error that may be logged
   if not c then return nil, errors.new("spawn", err, {argv = table.move(cmd, 1, #cmd, 1, {})}) end

@@ -655,10 +655,10 @@ function Sandbox:exec(argv, opts)
 
   local timeout = opts.timeout
   if remaining and (not timeout or remaining < timeout) then timeout = remaining end
-  local cmd = {M.bwrap}
-  for _, a in ipairs(self._args) do cmd[#cmd + 1] = a end
-  add(cmd, "--chdir", cwd, "--")
-  for _, a in ipairs(argv) do cmd[#cmd + 1] = a end
+  local n = #self._args
+  local cmd = table.move(self._args, 1, n, 2, {M.bwrap})
+  cmd[n + 2], cmd[n + 3], cmd[n + 4] = "--chdir", cwd, "--"
+  table.move(argv, 1, #argv, n + 5, cmd)
   -- bwrap hands its own environment to the command: secrets travel there, never in argv
   cmd.clear_env, cmd.env = true, exec_env(self, env)
   cmd.cwd = self.root

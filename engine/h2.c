@@ -18,6 +18,8 @@
 #define _GNU_SOURCE
 #include "h2.h"
 #include "loop.h"
+#include "bytebuf.h"
+#include "luax.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -53,7 +55,6 @@
 #define OUT_BATCH (256u << 10)          /* frames gathered before a write */
 #define DEFAULT_CONNECT_TIMEOUT 300.0   /* as libcurl */
 
-struct buf { char *p; size_t off, len, cap; };   /* bytes p[off..len) are unread */
 
 /* Why a stream failed; the names are what Lua sees. */
 enum { F_NONE, F_CONNECT, F_TLS, F_LOST, F_RESET, F_REFUSED, F_GOAWAY, F_PROTOCOL, F_TIMEOUT,
@@ -141,41 +142,6 @@ struct conn {
 static nghttp2_session_callbacks *callbacks;
 
 /* ---- small helpers ---- */
-
-static int buf_add(struct buf *b, const void *s, size_t n) {
-    if (b->off && b->off == b->len) b->off = b->len = 0;
-    if (b->len + n > b->cap && b->off) {          /* reclaim the consumed front first */
-        memmove(b->p, b->p + b->off, b->len - b->off);
-        b->len -= b->off;
-        b->off = 0;
-    }
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + n) {
-            if (cap > SIZE_MAX / 2) return -1;
-            cap *= 2;
-        }
-        char *q = realloc(b->p, cap);
-        if (!q) return -1;
-        b->p = q;
-        b->cap = cap;
-    }
-    if (n) memcpy(b->p + b->len, s, n);
-    b->len += n;
-    return 0;
-}
-
-static size_t buf_avail(const struct buf *b) { return b->len - b->off; }
-
-/* Makes an empty buffer hold cap bytes without growing, so a busy stream allocates once per read. */
-static void buf_reserve(struct buf *b, size_t cap) {
-    if (b->cap >= cap || b->len) return;
-    char *q = realloc(b->p, cap);
-    if (!q) return;         /* buf_add will try again */
-    b->p = q;
-    b->cap = cap;
-}
-static void buf_free(struct buf *b) { free(b->p); memset(b, 0, sizeof *b); }
 
 static char *vformat(const char *fmt, va_list ap) {
     char *s = NULL;
@@ -1013,12 +979,7 @@ static struct conn *check_conn(lua_State *L, int i) { return luaL_checkudata(L, 
 static struct stream *check_stream(lua_State *L) { return luaL_checkudata(L, 1, STREAM_MT); }
 
 static int opt_field(lua_State *L, int t, const char *name, int type) {
-    int got = lua_getfield(L, t, name);
-    if (got == LUA_TNIL) { lua_pop(L, 1); return 0; }
-    if (got != type)
-        return luaL_error(L, "h2 option '%s' must be a %s, not a %s", name, lua_typename(L, type),
-                          luaL_typename(L, -1));
-    return 1;
+    return rbx_opt_field(L, t, name, type, "h2 option");
 }
 
 static char *opt_strdup(lua_State *L, int t, const char *name) {
@@ -1037,12 +998,7 @@ static double opt_number(lua_State *L, int t, const char *name, double dflt) {
     return v;
 }
 
-static int opt_bool(lua_State *L, int t, const char *name) {
-    if (!opt_field(L, t, name, LUA_TBOOLEAN)) return 0;
-    int b = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    return b;
-}
+static int opt_bool(lua_State *L, int t, const char *name) { return rbx_opt_bool(L, t, name, "h2 option"); }
 
 static int32_t opt_window(lua_State *L, int t, const char *name, int32_t dflt) {
     double v = opt_number(L, t, name, dflt);

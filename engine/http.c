@@ -9,6 +9,8 @@
  * The Lua wrapper (lua/runbox/http.lua) parks on those ids and turns this into requests. */
 #include "lazy.h"
 #include "loop.h"
+#include "bytebuf.h"
+#include "luax.h"
 
 #include <curl/curl.h>
 #include <limits.h>
@@ -24,7 +26,6 @@
 #define DEFAULT_LIMIT (1u << 20)
 #define WATCH_INTERVAL 0.025    /* seconds between stall checks of HTTP/2 streams */
 
-struct buf { char *p; size_t off, len, cap; };    /* bytes p[off..len) are unread */
 
 struct xfer {
     CURL *easy;                 /* NULL once finished or closed */
@@ -62,34 +63,7 @@ static int timer_on, watch_on;
 static int live;                /* transfers added to the multi handle */
 static long connects;           /* new connections made by finished transfers */
 
-/* ---- buffers ---- */
 
-static int buf_add(struct buf *b, const char *s, size_t n) {
-    if (b->off && b->off == b->len) b->off = b->len = 0;
-    if (b->len + n > b->cap && b->off) {          /* reclaim the consumed front first */
-        memmove(b->p, b->p + b->off, b->len - b->off);
-        b->len -= b->off;
-        b->off = 0;
-    }
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + n) {
-            if (cap > SIZE_MAX / 2) return -1;
-            cap *= 2;
-        }
-        char *q = realloc(b->p, cap);
-        if (!q) return -1;
-        b->p = q;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    return 0;
-}
-
-static size_t buf_avail(const struct buf *b) { return b->len - b->off; }
-
-static void buf_free(struct buf *b) { free(b->p); memset(b, 0, sizeof *b); }
 
 /* ---- curl callbacks (they never touch the Lua state) ---- */
 
@@ -392,12 +366,7 @@ static void repause(struct xfer *x) {
 /* ---- options ---- */
 
 static int opt_field(lua_State *L, int t, const char *name, int type) {
-    int got = lua_getfield(L, t, name);
-    if (got == LUA_TNIL) { lua_pop(L, 1); return 0; }
-    if (got != type)
-        return luaL_error(L, "http option '%s' must be a %s, not a %s", name, lua_typename(L, type),
-                          luaL_typename(L, -1));
-    return 1;
+    return rbx_opt_field(L, t, name, type, "http option");
 }
 
 static const char *opt_string(lua_State *L, int t, const char *name) {
@@ -407,12 +376,7 @@ static const char *opt_string(lua_State *L, int t, const char *name) {
     return s;
 }
 
-static int opt_bool(lua_State *L, int t, const char *name) {
-    if (!opt_field(L, t, name, LUA_TBOOLEAN)) return 0;
-    int b = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    return b;
-}
+static int opt_bool(lua_State *L, int t, const char *name) { return rbx_opt_bool(L, t, name, "http option"); }
 
 static double opt_number(lua_State *L, int t, const char *name, double dflt) {
     if (!opt_field(L, t, name, LUA_TNUMBER)) return dflt;

@@ -30,3 +30,19 @@ void rbx_newlib_with_errors(lua_State *L, const luaL_Reg *funcs, int nup) {
     lua_insert(L, -(nup + 1));                      /* lib, new, upvalues... */
     luaL_setfuncs(L, funcs, nup + 1);
 }
+
+int rbx_opt_field(lua_State *L, int t, const char *name, int type, const char *what) {
+    int got = lua_getfield(L, t, name);
+    if (got == LUA_TNIL) { lua_pop(L, 1); return 0; }
+    if (got != type)
+        return luaL_error(L, "%s '%s' must be a %s, not a %s", what, name, lua_typename(L, type),
+                          luaL_typename(L, -1));
+    return 1;
+}
+
+int rbx_opt_bool(lua_State *L, int t, const char *name, const char *what) {
+    if (!rbx_opt_field(L, t, name, LUA_TBOOLEAN, what)) return 0;
+    int b = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return b;
+}

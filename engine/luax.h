@@ -15,4 +15,10 @@ int rbx_read_file(lua_State *L, int path_idx);
  * nup values already on the stack (they are popped). */
 void rbx_newlib_with_errors(lua_State *L, const luaL_Reg *funcs, int nup);
 
+/* Option tables: rbx_opt_field pushes t[name] and returns 1 when it is present with the given Lua
+ * type, returns 0 (nothing pushed) when absent, and raises "<what> 'name' must be a ..." otherwise.
+ * rbx_opt_bool reads a boolean option (absent: false). */
+int rbx_opt_field(lua_State *L, int t, const char *name, int type, const char *what);
+int rbx_opt_bool(lua_State *L, int t, const char *name, const char *what);
+
 #endif

@@ -13,6 +13,7 @@
  * into error objects. */
 #define _GNU_SOURCE
 #include "lazy.h"
+#include "bytebuf.h"
 #include <archive.h>
 #include <archive_entry.h>
 #include <dirent.h>
@@ -64,34 +65,8 @@ static void free_strings(char **v, size_t n) {
     free(v);
 }
 
-typedef struct {
-    char *p;
-    size_t len, cap, off;   /* bytes p[off..len) are pending */
-} byte_buf;
-
-static int buf_add(byte_buf *b, const void *data, size_t n) {
-    if (b->off > 0 && b->off == b->len) b->off = b->len = 0;
-    if (b->len + n > b->cap) {
-        if (b->off > 0) {   /* reuse the consumed front before growing */
-            memmove(b->p, b->p + b->off, b->len - b->off);
-            b->len -= b->off;
-            b->off = 0;
-        }
-        if (b->len + n > b->cap) {
-            size_t cap = b->cap ? b->cap : 64 * 1024;
-            while (cap < b->len + n) cap *= 2;
-            char *p = realloc(b->p, cap);
-            if (!p) return -1;
-            b->p = p;
-            b->cap = cap;
-        }
-    }
-    memcpy(b->p + b->len, data, n);
-    b->len += n;
-    return 0;
-}
-
-static size_t buf_pending(const byte_buf *b) { return b->len - b->off; }
+typedef struct buf byte_buf;
+static size_t buf_pending(const byte_buf *b) { return buf_avail(b); }
 
 /* Optional integer field of the table at idx; def when absent. */
 static lua_Integer opt_int_field(lua_State *L, int idx, const char *name, lua_Integer def) {

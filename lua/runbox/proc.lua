@@ -102,31 +102,35 @@ function Proc:read(stream, max)
   end
 end
 
--- Iterator over the lines of a stream (without the newline; a last unterminated line too).
-function Proc:lines(stream)
-  stream = stream or "stdout"
-  local buf, pos = "", 1
+-- Iterator over the lines of what read() hands out chunk by chunk (nil at the end; nil, err
+-- raises err), without their "\n"; a last unterminated line counts. Also for remote execs.
+function M.lines_of(read)
+  local cur, pos, done = "", 1, false
   return function()
     while true do
-      local nl = buf:find("\n", pos, true)
+      local nl = cur:find("\n", pos, true)
       if nl then
-        local line = buf:sub(pos, nl - 1)
+        local line = cur:sub(pos, nl - 1)
         pos = nl + 1
         return line
       end
-      local chunk = self:read(stream)
-      if not chunk then
-        if pos <= #buf then
-          local line = buf:sub(pos)
-          buf, pos = "", 1
-          return line
-        end
-        return nil
+      if done then
+        if pos > #cur then return nil end
+        local line = cur:sub(pos)
+        cur, pos = "", 1
+        return line
       end
-      buf = buf:sub(pos) .. chunk
-      pos = 1
+      local chunk, err = read()
+      if err then error(err, 0) end
+      if chunk then cur, pos = cur:sub(pos) .. chunk, 1 else done = true end
     end
   end
+end
+
+-- Iterator over the lines of a stream (see lines_of).
+function Proc:lines(stream)
+  stream = stream or "stdout"
+  return M.lines_of(function() return self:read(stream) end)
 end
 
 -- Reads a whole stream to its end.

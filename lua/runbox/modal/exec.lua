@@ -130,26 +130,7 @@ end
 -- Iterator over the lines of stream (without their line end); raises a read error.
 function Proc:lines(stream)
   local r = reader_of(self, stream)
-  local cur, pos, done = "", 1, false
-  return function()
-    while true do
-      local nl = cur:find("\n", pos, true)
-      if nl then
-        local line = cur:sub(pos, nl - 1)
-        pos = nl + 1
-        return line
-      end
-      if done then
-        if pos > #cur then return nil end
-        local line = cur:sub(pos)
-        cur, pos = "", 1
-        return line
-      end
-      local chunk, err = self:read(r.name)
-      if err then error(err, 0) end
-      if chunk then cur, pos = cur:sub(pos) .. chunk, 1 else done = true end
-    end
-  end
+  return require("runbox.proc").lines_of(function() return self:read(r.name) end)
 end
 
 -- The rest of stream as one string; nil, err if reading failed.

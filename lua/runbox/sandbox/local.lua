@@ -17,6 +17,7 @@ local fs = require "runbox.fs"
 local json = require "runbox.json"
 local util = require "runbox.util"
 local errors = require "runbox.errors"
+local checks = require "runbox.sandbox.checks"
 
 local M = {name = "local"}
 
@@ -97,16 +98,7 @@ local function find_bwrap()
   end
 end
 
--- Absolute path without ".", "//" or a trailing "/"; nil, why for a relative path or one with "..".
-local function clean_path(p)
-  if type(p) ~= "string" or p:sub(1, 1) ~= "/" then return nil, "is not an absolute path" end
-  local parts = {}
-  for c in p:gmatch("[^/]+") do
-    if c == ".." then return nil, "contains '..'" end
-    if c ~= "." then parts[#parts + 1] = c end
-  end
-  return "/" .. table.concat(parts, "/"), parts
-end
+local clean_path = checks.clean_path
 
 local function under(path, dir)
   return path == dir or dir == "/" or path:sub(1, #dir + 1) == dir .. "/"
@@ -156,32 +148,7 @@ local function entry_path(dir, id) return dir .. "/" .. id .. ".json" end
 ---------------------------------------------------------------------------------------------------
 -- option checks (bad option types are programming errors: they raise)
 
-local function check_tags(tags, fname)
-  if tags == nil then return {} end
-  if type(tags) ~= "table" then error(fname .. ": tags must be a table of name = value strings", 3) end
-  local out = {}
-  for k, v in pairs(tags) do
-    if type(k) ~= "string" or (type(v) ~= "string" and type(v) ~= "number" and type(v) ~= "boolean") then
-      error(fname .. ": tags must be a table of name = value strings", 3)
-    end
-    out[k] = tostring(v)
-  end
-  return out
-end
-
-local function check_env(env, fname)
-  if env == nil then return {} end
-  if type(env) ~= "table" then error(fname .. ": env must be a table of NAME = value", 3) end
-  for k, v in pairs(env) do
-    if type(k) ~= "string" or not k:match("^[%a_][%w_]*$") then
-      error(("%s: env has a bad variable name %s"):format(fname, tostring(k)), 3)
-    end
-    if type(v) ~= "string" and type(v) ~= "number" and v ~= false then
-      error(("%s: env.%s must be a string (or false to unset it)"):format(fname, k), 3)
-    end
-  end
-  return env
-end
+local check_tags, check_env = checks.tags, checks.env
 
 ---------------------------------------------------------------------------------------------------
 -- the bwrap command line (everything but --chdir and the command)
@@ -599,28 +566,14 @@ function Sandbox:_cwd_ok(cwd)
 end
 
 local function exec_env(sb, env)
-  local out = {PATH = M.PATH, HOME = sb.home, LANG = "C.UTF-8", TERM = "dumb"}
-  for _, t in ipairs{sb.env, env} do
-    for k, v in pairs(t) do
-      if v == false then out[k] = nil else out[k] = tostring(v) end
-    end
-  end
-  return out
+  return checks.merged_env({PATH = M.PATH, HOME = sb.home, LANG = "C.UTF-8", TERM = "dumb"}, sb.env, env)
 end
 
 -- Runs argv inside the sandbox. opts: cwd (default the workdir), env, stdin (a string to feed, or
 -- "pipe"), stdout, stderr, timeout (seconds), kill_grace. Returns a runbox.proc process or nil, err.
 function Sandbox:exec(argv, opts)
-  if type(argv) ~= "table" or #argv == 0 then error("sb:exec: argv must be a non-empty list of strings", 2) end
-  for i, a in ipairs(argv) do
-    if type(a) ~= "string" then error(("sb:exec: argv[%d] must be a string, got %s"):format(i, type(a)), 2) end
-  end
-  opts = opts or {}
-  if type(opts) ~= "table" then error("sb:exec: opts must be a table", 2) end
-  local env = check_env(opts.env, "sb:exec")
-  if opts.timeout ~= nil and (type(opts.timeout) ~= "number" or opts.timeout <= 0) then
-    error("sb:exec: timeout must be a positive number of seconds", 2)
-  end
+  local env
+  opts, env = checks.exec_args(argv, opts)
   if self.state ~= "terminated" then
     -- terminate_id from another runbox process marks the state file: this one then stops too.
     -- It is read again only when it changed (a stat per exec, not a read and a decode).

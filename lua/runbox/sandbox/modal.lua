@@ -15,6 +15,7 @@
 -- is on the volume even if runbox dies (`runbox fetch` downloads it).
 local sched = require "runbox.sched"
 local errors = require "runbox.errors"
+local checks = require "runbox.sandbox.checks"
 local fs = require "runbox.fs"
 local util = require "runbox.util"
 
@@ -183,42 +184,7 @@ rm -rf -- "$4" && mkdir -p -- "${4%/*}" && ln -s -- "$3" "$4"
 ---------------------------------------------------------------------------------------------------
 -- option checks (bad types are programming errors: they raise)
 
-local function clean_path(p)
-  if type(p) ~= "string" or p:sub(1, 1) ~= "/" then return nil, "is not an absolute path" end
-  local parts = {}
-  for c in p:gmatch("[^/]+") do
-    if c == ".." then return nil, "contains '..'" end
-    if c ~= "." then parts[#parts + 1] = c end
-  end
-  return "/" .. table.concat(parts, "/"), parts
-end
-
-local function check_tags(tags, fname)
-  if tags == nil then return {} end
-  if type(tags) ~= "table" then error(fname .. ": tags must be a table of name = value strings", 3) end
-  local out = {}
-  for k, v in pairs(tags) do
-    if type(k) ~= "string" or (type(v) ~= "string" and type(v) ~= "number" and type(v) ~= "boolean") then
-      error(fname .. ": tags must be a table of name = value strings", 3)
-    end
-    out[k] = tostring(v)
-  end
-  return out
-end
-
-local function check_env(env, fname, allow_false)
-  if env == nil then return {} end
-  if type(env) ~= "table" then error(fname .. ": env must be a table of NAME = value", 3) end
-  for k, v in pairs(env) do
-    if type(k) ~= "string" or not k:match("^[%a_][%w_]*$") then
-      error(("%s: bad variable name %s"):format(fname, tostring(k)), 3)
-    end
-    if type(v) ~= "string" and type(v) ~= "number" and not (allow_false and v == false) then
-      error(("%s: %s must be a string%s"):format(fname, k, allow_false and " (or false to unset it)" or ""), 3)
-    end
-  end
-  return env
-end
+local clean_path, check_tags, check_env = checks.clean_path, checks.tags, checks.env
 
 local function check_create(o)
   if type(o) ~= "table" then error("modal.create: opts must be a table", 3) end
@@ -446,7 +412,7 @@ function M.create(opts)
   check_create(opts)
   local tags = check_tags(opts.tags, "modal.create")
   local env = {}
-  for k, v in pairs(check_env(opts.env, "modal.create: env")) do env[k] = tostring(v) end
+  for k, v in pairs(check_env(opts.env, "modal.create")) do env[k] = tostring(v) end
   local workdir, why = clean_path(opts.workdir or M.WORKDIR)
   if not workdir or workdir == "/" then
     return fail(("modal.create: workdir '%s' %s"):format(tostring(opts.workdir), why or "cannot be /"))
@@ -541,31 +507,15 @@ function Sandbox:_run(argv, opts)
   return r
 end
 
-local function exec_env(sb, env)
-  local out = {}
-  for _, t in ipairs{sb.env, env} do
-    for k, v in pairs(t) do
-      if v == false then out[k] = nil else out[k] = tostring(v) end
-    end
-  end
-  return out
-end
+local function exec_env(sb, env) return checks.merged_env(nil, sb.env, env) end
 
 -- Runs argv inside the sandbox. opts: cwd (default the workdir), env (false unsets a variable of
 -- create's env), stdin (a string, or "pipe"), stdout / stderr ("pipe", "null", a function;
 -- stderr = "stdout" merges), on_stdout / on_stderr, timeout (seconds), plain (no wrapper: the
 -- command cannot be signalled). Returns a process with the runbox.proc API or nil, err.
 function Sandbox:exec(argv, opts)
-  if type(argv) ~= "table" or #argv == 0 then error("sb:exec: argv must be a non-empty list of strings", 2) end
-  for i, a in ipairs(argv) do
-    if type(a) ~= "string" then error(("sb:exec: argv[%d] must be a string, got %s"):format(i, type(a)), 2) end
-  end
-  opts = opts or {}
-  if type(opts) ~= "table" then error("sb:exec: opts must be a table", 2) end
-  local env = check_env(opts.env, "sb:exec", true)
-  if opts.timeout ~= nil and (type(opts.timeout) ~= "number" or opts.timeout <= 0) then
-    error("sb:exec: timeout must be a positive number of seconds", 2)
-  end
+  local env
+  opts, env = checks.exec_args(argv, opts)
   if self.state == "terminated" then
     return fail(("sandbox %s was terminated: create a new one"):format(self.id), {sandbox = self.id})
   end

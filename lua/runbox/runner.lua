@@ -223,7 +223,7 @@ function Run:run_agent(sb, t, a)
   local guard <close> = p
   local watcher = a.watch_completion and sched.spawn(function() self:watch_completion(sb, p) end)
   local watch_guard <close> = setmetatable({}, {__close = function() if watcher then watcher:cancel() end end})
-  local code, how, out = run_logged(p, {self.agent_log, self.console_stream or nil}, self)
+  local code, how, out, errout = run_logged(p, {self.agent_log, self.console_stream or nil}, self)
   self.pipes = nil
   self.agent_proc = nil
   self.agent_exit, self.agent_how = code, how
@@ -234,7 +234,10 @@ function Run:run_agent(sb, t, a)
     self.tokens.cost_usd = M.cost(self.tokens, self.opts.prices)
   end
   if a.name == "codex" and (not self.tokens or self.tokens.requests == 0) then
-    local n = agent_mod.codex_tokens_from_log(fs.read(self.dir .. "/logs/agent.log") or "")
+    -- codex ends stderr with "tokens used" and the count; in agent.log stdout's last message can
+    -- land between the two lines, so stderr's own tail is read first
+    local n = agent_mod.codex_tokens_from_log(table.concat(errout:tail(), "\n") .. "\n")
+              or agent_mod.codex_tokens_from_log(fs.read(self.dir .. "/logs/agent.log") or "")
     if n then self.tokens = {counted = n, source = "codex log"} end
   end
   if self.limit_hit or (self.opts.token_limit and self.tokens and self.tokens.counted > self.opts.token_limit) then

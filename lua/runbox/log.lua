@@ -259,8 +259,11 @@ function M.pipe_reader(p, stream, sinks, opts)
   local feeder = sched.spawn(function()
     local guard <close> = setmetatable({}, {__close = function() cnet.close(wfd) end})
     while true do
-      local chunk = p:read(stream)
-      if not chunk then return end
+      local chunk, rerr = p:read(stream)
+      if not chunk then
+        -- a lost stream must not look like its end: say so in the log itself
+        if rerr then chunk = ("\n[runbox] reading %s failed: %s\n"):format(stream, errors.message(rerr)) else return end
+      end
       local off = 0
       while off < #chunk do
         local n, err = cnet.write(wfd, chunk, off)
@@ -268,6 +271,7 @@ function M.pipe_reader(p, stream, sinks, opts)
         elseif err == "again" then sched.wait_fd(wfd, "w")
         else return end            -- the reading side is gone
       end
+      if rerr then return end
     end
   end)
   feeder.name = ("feed %s of %s"):format(stream, tostring(p.name or "exec"))

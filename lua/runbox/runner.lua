@@ -35,10 +35,15 @@ local function sh(sb, line, opts)
   if not p then return nil, err end
   local guard <close> = p
   local errtask = sched.spawn(function() return p:read_all("stderr") end)
-  local out = p:read_all("stdout")
-  local _, stderr = errtask:wait()
+  local out, rerr = p:read_all("stdout")
+  local tok, stderr, serr = errtask:wait()
+  if not tok then stderr, serr = nil, stderr end
   local code, how = p:wait()
-  return {code = code, how = how, stdout = out, stderr = stderr or ""}
+  if not out or not stderr or not code then
+    -- a remote exec whose output or status was lost: the cause, not a nil further on
+    return nil, rerr or serr or how or errors.new("sandbox", "the command's output or exit status was lost")
+  end
+  return {code = code, how = how, stdout = out, stderr = stderr}
 end
 
 local GIT_ID = "git -c user.email=runbox@localhost -c user.name=runbox"
@@ -114,6 +119,23 @@ local function put_file(sb, path, data)
   return true
 end
 
+-- Terminates the sandbox, trying again for a while when that fails (a cloud sandbox left running
+-- costs money until its own time limit); one that could not be stopped is named in the console
+-- and in results.json (sandbox_left) with the command that stops it.
+function Run:close_sandbox(sb)
+  local last
+  for attempt = 1, 4 do
+    local tok, done, err = pcall(sb.terminate, sb)
+    if tok and done then return true end
+    last = tok and err or done
+    if attempt < 4 then pcall(sched.sleep, attempt) end
+  end
+  self.sandbox_left = sb.id
+  self.console:warn("sandbox %s could not be terminated (%s); it stops at its own time limit, or now with "
+                    .. "`modal sandbox terminate %s`", tostring(sb.id), errors.message(last), tostring(sb.id))
+  return false
+end
+
 -- The results.json record.
 function Run:results()
   local timings = {}
@@ -124,7 +146,7 @@ function Run:results()
     agent = {name = self.agent_name, model = self.model, exit_code = self.agent_exit, how = self.agent_how},
     start_time = self.start_time, end_time = self.end_time, timings = timings,
     tokens = self.tokens, score = self.score, tests = self.tests,
-    has_changes = self.has_changes, backend = self.backend_name,
+    has_changes = self.has_changes, backend = self.backend_name, sandbox_left = self.sandbox_left,
   }
 end
 
@@ -417,25 +439,24 @@ function M.run(opts)
     return e
   end)
   -- 7/8. artifacts back, sandbox gone, result files written: whatever happened above
+  if not ok then
+    if errors.is(run_err, "cancelled") then self.status, self.error = "cancelled", "cancelled: " .. errors.message(run_err)
+    else self.status, self.error = "sandbox_error", self.traceback or errors.message(run_err) end
+  end
   if sb then
     if not self.reaches_host then
       -- a remote sandbox keeps its artifacts where `runbox fetch` finds them: the result goes too
       self.end_time = now_iso()
-      self.status = self.status or (ok and "failed" or nil)
       local copy = self:results()
-      copy.status = copy.status or "sandbox_error"
+      copy.status = copy.status or "failed"
       pcall(sb.write_file, sb, "/app/artifacts/results.json", json.pretty(copy))
     end
-    pcall(function() sb:get_tar("/app/artifacts", self.dir .. "/artifacts") end)
-    local tok, terr = pcall(sb.terminate, sb)
-    if not tok then   -- a second interruption here must not leave the sandbox running
-      pcall(sb.terminate, sb)
-      self.console:warn("terminating the sandbox: %s", errors.message(terr))
+    local gok, got, gerr = pcall(sb.get_tar, sb, "/app/artifacts", self.dir .. "/artifacts")
+    if not gok or not got then
+      self.console:warn("could not copy the sandbox's artifacts: %s%s", errors.message(gok and gerr or got),
+                        self.reaches_host and "" or ("; `runbox fetch %s` gets them from the volume later"):format(self.id))
     end
-  end
-  if not ok then
-    if errors.is(run_err, "cancelled") then self.status, self.error = "cancelled", "cancelled: " .. errors.message(run_err)
-    else self.status, self.error = "sandbox_error", self.traceback or errors.message(run_err) end
+    self:close_sandbox(sb)
   end
   self.end_time = now_iso()
   assert(VERSION_OK[self.status or "failed"])

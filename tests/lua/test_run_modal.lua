@@ -124,6 +124,17 @@ T.test("the real codex CLI in a Modal sandbox: installation from its volume, key
     T.eq(alive(s), {})
   end))
 
+T.test("a sandbox that cannot be terminated is retried, then named in the console and results.json",
+  T.with_temp_dir(function(dir)
+    local s <close> = server()
+    s.admin{method = "SandboxTerminate", kind = "unavailable", count = 100}
+    local r, res = run(s, dir, {EXAMPLES .. "/fix-median-bug", "--agent", "oracle"})
+    T.eq(res.status, "completed", res.error)
+    T.ok(res.sandbox_left and res.sandbox_left:match("^sb%-"), "sandbox_left: " .. tostring(res.sandbox_left))
+    T.match(r.stderr .. r.stdout, "could not be terminated.*modal sandbox terminate " .. res.sandbox_left:gsub("%p", "%%%0"))
+    s.admin(nil)
+  end))
+
 T.test("what is missing is said, with what to run: credentials, the secret, the codex volume",
   T.with_temp_dir(function(dir)
     local s <close> = server()
@@ -292,6 +303,14 @@ T.test("Ctrl-C mid-batch: exit 130, every Modal sandbox of the batch terminated,
     p:close()
     T.eq({code, how}, {130, "exit"})
     T.eq(alive(s), {}, "no sandbox left after Ctrl-C")
+    -- what `runbox fetch` will show: the copies of results.json on the volume say cancelled too
+    local vol = assert(volume_dir(s, "codex-artifacts"))
+    local seen = 0
+    for _, id in ipairs(fs.list(vol) or {}) do
+      local rec = json.decode_file(vol .. "/" .. id .. "/results.json")
+      if rec then seen = seen + 1; T.eq(rec.status, "cancelled", id) end
+    end
+    T.eq(seen, 3, "a result copy per cancelled run")
     -- the rest with an agent that finishes: the recorded settings, overridden by the flag
     local r = parallel(s, dir, {cfg, "--resume", batch_dir(dir), "--agent", "oracle", "--format", "json"})
     T.eq(r.code, 0, r.stderr)

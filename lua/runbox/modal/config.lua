@@ -158,6 +158,8 @@ function M.load(opts)
                                 .. "set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or run `modal token new`")
                                 :format(missing, profile, path))
   end
+  -- from now on no log line, message or result file of this process shows it
+  if #cfg.token_secret >= 6 then require("runbox.log").redact(cfg.token_secret) end
   return cfg
 end
 

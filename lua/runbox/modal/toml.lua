@@ -167,30 +167,31 @@ end
 local function number_of(self, text, start)
   local t = text:gsub("_", "")
   if text:find("^_") or text:find("_$") or text:find("__") or text:find("_[^%x]") or text:find("[^%x]_") then
-    self:fail("misplaced '_' in number " .. text, start)
+    self:fail("misplaced '_' in a number", start)
   end
   local sign, body = t:match("^([+-]?)(.*)$")
   if body == "inf" then return sign == "-" and -math.huge or math.huge end
   if body == "nan" then return 0 / 0 end
   local prefix, digits = body:match("^0([xob])(.+)$")
   if prefix then
-    if sign ~= "" then self:fail("a sign is not allowed on " .. text, start) end
+    if sign ~= "" then self:fail("a sign is not allowed on this number", start) end
     local base = ({x = 16, o = 8, b = 2})[prefix]
     local ok = ({x = "^%x+$", o = "^[0-7]+$", b = "^[01]+$"})[prefix]
-    if not digits:find(ok) then self:fail("bad number " .. text, start) end
+    if not digits:find(ok) then self:fail("bad number", start) end
     return math.tointeger(tonumber(digits, base))
   end
   if body:find("^%d+$") then
-    if body:find("^0%d") then self:fail("leading zeros are not allowed in " .. text, start) end
+    if body:find("^0%d") then self:fail("leading zeros are not allowed in a number", start) end
     local n = math.tointeger(tonumber(t))
-    if not n then self:fail("integer out of range: " .. text, start) end
+    if not n then self:fail("integer out of range", start) end
     return n
   end
   if body:find("^%d+%.%d+$") or body:find("^%d+[eE][+-]?%d+$") or body:find("^%d+%.%d+[eE][+-]?%d+$") then
-    if body:find("^0%d") then self:fail("leading zeros are not allowed in " .. text, start) end
+    if body:find("^0%d") then self:fail("leading zeros are not allowed in a number", start) end
     return tonumber(t) + 0.0
   end
-  self:fail("bad value " .. text .. " (strings need quotes)", start)
+  -- the value itself is not repeated: it may be a secret written without quotes
+  self:fail("a value that is neither a quoted string, a number, a boolean, an array nor a table (strings need quotes)", start)
 end
 
 function Parser:value(depth)

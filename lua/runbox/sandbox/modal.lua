@@ -16,6 +16,7 @@
 local sched = require "runbox.sched"
 local errors = require "runbox.errors"
 local checks = require "runbox.sandbox.checks"
+local log = require "runbox.log"
 local fs = require "runbox.fs"
 local util = require "runbox.util"
 
@@ -269,15 +270,21 @@ end
 -- not (the next caller tries again).
 local function once(tbl, key, fn)
   local e = tbl[key]
-  while e and e.value == nil do
+  while e and e.value == nil and not e.failed do
     e.done:wait()
     e = tbl[key]
   end
-  if e then return e.value end
+  if e then
+    if e.failed then return nil, e.failed end
+    return e.value
+  end
   e = {done = sched.event()}
   tbl[key] = e
   local ok, value, err = pcall(fn)
-  if ok and value then e.value = value else tbl[key] = nil end
+  if ok and value then e.value = value
+  elseif ok and type(err) == "table" and err.reason == "build_failed" then
+    e.failed = err        -- a build that failed fails again: the tasks of a batch do not each retry it
+  else tbl[key] = nil end
   e.done:set()
   if not ok then error(value, 0) end
   return value, err
@@ -451,7 +458,13 @@ function M.create(opts)
   -- from here on, a failure (or a cancelled task) terminates the sandbox
   local ready = false
   local guard <close> = setmetatable({}, {__close = function()
-    if not ready then pcall(sb.terminate, sb, {reason = "create failed"}) end
+    if not ready then
+      local tok, done, terr = pcall(sb.terminate, sb, {reason = "create failed"})
+      if not (tok and done) then
+        log.warn("Modal sandbox %s could not be terminated after a failed create (%s); stop it with "
+                 .. "`modal sandbox terminate %s`", sb.id, errors.message(tok and terr or done), sb.id)
+      end
+    end
   end})
   local r
   r, err = sb:_run({"sh", "-c", SETUP, "runbox-setup", M.EXEC_DIR, workdir, art and art.dir or "", art and art.path or ""},
@@ -823,7 +836,13 @@ end
 
 function Sandbox:destroy() return self:terminate() end
 
-Sandbox.__close = function(sb) sb:terminate() end
+Sandbox.__close = function(sb)
+  local done, err = sb:terminate()
+  if not done then
+    log.warn("Modal sandbox %s could not be terminated (%s); stop it with `modal sandbox terminate %s`",
+             sb.id, errors.message(err), sb.id)
+  end
+end
 Sandbox.__tostring = function(sb) return ("sandbox %s (modal, %s)"):format(sb.id, sb.state) end
 
 -- Running execs (their process objects).

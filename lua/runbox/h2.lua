@@ -63,15 +63,9 @@ function M.target(url, opts)
   return t
 end
 
--- A connection of the target's pool that can take one more stream, or a new one. Connections
--- that closed, are going away, or stayed unused longer than M.max_idle leave the pool.
-local function connection(t)
-  local list = pools[t.key]
-  if not list then
-    list = {}
-    pools[t.key] = list
-  end
-  local now = sched.now()
+-- Drops the connections of list that closed, are going away, or stayed unused longer than
+-- M.max_idle; returns one that can take one more stream, if any.
+local function sweep(list, now)
   local found
   for i = #list, 1, -1 do
     local conn = list[i]
@@ -83,6 +77,28 @@ local function connection(t)
       found = conn
     end
   end
+  return found
+end
+
+local last_sweep = 0
+
+-- A connection of the target's pool that can take one more stream, or a new one. Now and then
+-- every pool is swept, so targets not used again (a Modal task's router) do not keep theirs.
+local function connection(t)
+  local now = sched.now()
+  if now - last_sweep > M.max_idle / 4 then
+    last_sweep = now
+    for key, l in pairs(pools) do
+      sweep(l, now)
+      if #l == 0 then pools[key] = nil end
+    end
+  end
+  local list = pools[t.key]
+  if not list then
+    list = {}
+    pools[t.key] = list
+  end
+  local found = sweep(list, now)
   if found then return found end
   local conn = c.connect{host = t.host, port = t.port, unix = t.unix, tls = t.tls, ca_file = t.ca_file,
                          insecure = t.insecure, connect_timeout = t.connect_timeout, window = t.window,

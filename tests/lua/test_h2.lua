@@ -298,6 +298,23 @@ T.test("an idle connection the server closed is replaced without an error", func
   srv.stop()
 end)
 
+T.test("idle connections of targets not used again are closed by a later call to another target", function()
+  local a = h2server(function(conn, id) conn:reply(id, "a") end)
+  local b = h2server(function(conn, id) conn:reply(id, "b") end)
+  local saved = h2.max_idle
+  h2.max_idle = 0.2
+  local cha = grpc.channel("http://127.0.0.1:" .. a.port)
+  local chb = grpc.channel("http://127.0.0.1:" .. b.port)
+  T.eq(cha:unary("/a.B/C", ""), "a")
+  T.eq(#h2.connections(cha.h2), 1)
+  sched.sleep(0.3)
+  T.eq(chb:unary("/a.B/C", ""), "b")          -- only target b is used: a's idle connection goes
+  T.eq(#h2.connections(cha.h2), 0, "a's idle connection closed")
+  T.eq(#h2.connections(chb.h2), 1)
+  h2.max_idle = saved
+  a.stop(); b.stop()
+end)
+
 T.test("GOAWAY: streams above its last id go again on a new connection", function()
   local srv = h2server(function(conn, id)
     if conn.n == 1 and id > 1 then

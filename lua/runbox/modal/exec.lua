@@ -385,6 +385,8 @@ function M.collect(p)
   if p.readers.stderr.mode == "pipe" then
     err_task = sched.spawn(function() return p:read_all("stderr") end)
   end
+  -- interrupted while reading stdout (a deadline, Ctrl-C): the stderr reader stops too
+  local guard <close> = setmetatable({}, {__close = function() if err_task then err_task:cancel("collect ended") end end})
   local out, oerr = "", nil
   if p.readers.stdout.mode == "pipe" then out, oerr = p:read_all("stdout") end
   local errout, eerr = "", nil

@@ -438,7 +438,19 @@ function M.create(opts)
 
   take_create_token()
   local msb
-  msb, err = c:sandbox_create(spec)
+  do
+    -- interrupted while SandboxCreate was on its way (Ctrl-C, a deadline), the server may have
+    -- made the sandbox without runbox learning its id: the caller's tags find it
+    local settled = false
+    local orphan_guard <close> = setmetatable({}, {__close = function()
+      if settled or not next(tags) then return end
+      pcall(function()
+        for _, found in ipairs(M.list{tags = tags, client = c} or {}) do M.terminate_id(found.id, {client = c}) end
+      end)
+    end})
+    msb, err = c:sandbox_create(spec)
+    settled = true
+  end
   if not msb then return nil, wrap(err, "creating the Modal sandbox") end
 
   local art
@@ -700,7 +712,7 @@ function Sandbox:_untar(reader, dest, what)
     local ok, werr = p:write(chunk)
     if not ok then write_err = werr break end
   end
-  if not write_err then p:close_stdin() end
+  pcall(p.close_stdin, p)    -- also after a failed write: tar must not wait for more input
   local errtask = sched.spawn(function() return p:read_all("stderr") end)
   local code, how = p:wait()
   local stderr = select(2, errtask:wait())

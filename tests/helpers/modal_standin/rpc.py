@@ -99,8 +99,8 @@ class Tokens:
 # ---------------------------------------------------------------------------------------------
 # faults
 
-FAULT_KINDS = {"unavailable", "status", "slow", "cut_stream", "rate_limit", "unauthenticated",
-               "sandbox_dies"}
+FAULT_KINDS = {"unavailable", "status", "slow", "slow_reply", "cut_stream", "rate_limit",
+               "unauthenticated", "sandbox_dies"}
 
 
 class Faults:
@@ -131,7 +131,7 @@ class Faults:
                 f["remaining"] = int(spec.get("count", 1))
             if kind == "status":
                 f["grpc_code"] = code_by_name(spec.get("code", "INTERNAL"))
-            if kind == "slow":
+            if kind in ("slow", "slow_reply"):
                 f["seconds"] = float(spec.get("seconds", 1))
             if kind == "cut_stream":
                 f["after"] = int(spec.get("after", 0))
@@ -305,6 +305,11 @@ def _unary(gate, method, fn):
         try:
             await gate.before(method, context, request)
             response = await fn(request, context)
+            # slow_reply: the work is done, the answer comes late (a client interrupted now never
+            # learns what was made)
+            late = gate.faults.take(method.name, "slow_reply")
+            if late:
+                await asyncio.sleep(late["seconds"])
         except asyncio.CancelledError:
             rec["code"] = "CANCELLED"
             raise

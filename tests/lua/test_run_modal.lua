@@ -298,10 +298,16 @@ T.test("Ctrl-C mid-batch: exit 130, every Modal sandbox of the batch terminated,
     local deadline = sched.now() + 60
     while sched.now() < deadline and #alive(s) < 3 do sched.sleep(0.2) end
     T.eq(#alive(s), 3, "three sandboxes running")
+    -- its console output is read all along (a full pipe would stall it) and shown on failure
+    local errout = sched.spawn(function() return p:read_all("stderr") end)
+    sched.spawn(function() return p:read_all("stdout") end)
+    local t0 = sched.now()
     p:kill(2)
-    local code, how = p:wait(30)
+    local code, how = p:wait(60)
+    local took = sched.now() - t0
     p:close()
-    T.eq({code, how}, {130, "exit"})
+    local _, text = errout:wait()
+    T.eq({code, how}, {130, "exit"}, ("stopped after %.1fs; its stderr ends: %s"):format(took, (text or ""):sub(-1500)))
     T.eq(alive(s), {}, "no sandbox left after Ctrl-C")
     -- what `runbox fetch` will show: the copies of results.json on the volume say cancelled too
     local vol = assert(volume_dir(s, "codex-artifacts"))

@@ -179,7 +179,9 @@ T.test("setup again sends nothing; a changed file sends its block, a removed one
   from = ncalls()
   r = runbox(dir, {"setup", "--force"}, env)
   T.eq(r.code, 0, r.stdout .. r.stderr)
-  T.eq(#calls("BlockPut", from), 1, "only the manifest's block: the files are unchanged")
+  -- at most the manifest's block: the files are unchanged (the manifest itself may match one
+  -- already stored, made within the same second: blocks are stored by content)
+  T.ok(#calls("BlockPut", from) <= 1, "only the manifest's block: " .. #calls("BlockPut", from))
   T.match(r.stdout, "removed 1 files of an older installation")
   T.match(r.stdout, "secret openai%-api%-keys replaced from OPENAI_API_KEY")
   no_key(r)

@@ -307,6 +307,7 @@ T.test("Ctrl-C mid-batch: exit 130, every Modal sandbox of the batch terminated,
     local took = sched.now() - t0
     p:close()
     local _, text = errout:wait()
+    print(("#   Ctrl-C: the batch stopped %.1fs after the signal"):format(took))
     T.eq({code, how}, {130, "exit"}, ("stopped after %.1fs; its stderr ends: %s"):format(took, (text or ""):sub(-1500)))
     T.eq(alive(s), {}, "no sandbox left after Ctrl-C")
     -- what `runbox fetch` will show: the copies of results.json on the volume say cancelled too

@@ -39,37 +39,16 @@ local function charge(co)
   for i = 1, n do s[i].incl = s[i].incl + d end
 end
 
--- Task switches are events too: the scheduler resumes every task with a local co_resume, found
--- here among the upvalues of its functions and replaced by one that charges before and after.
+-- Task switches are events too: the scheduler's resume is wrapped to charge before and after.
+local measure = dofile((debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "bench") .. "/measure.lua")
 local function hook_resume()
-  local seen = {}
-  local function search(f)
-    if seen[f] then return nil end
-    seen[f] = true
-    for i = 1, 255 do
-      local name, v = debug.getupvalue(f, i)
-      if not name then break end
-      if name == "co_resume" then return f, i, v end
-      if type(v) == "function" then
-        local g, j, w = search(v)
-        if g then return g, j, w end
-      end
+  local function after(co, ...) charge(co); return ... end
+  measure.wrap_resume(sched, function(orig)
+    return function(co, ...)
+      charge(coroutine.running())
+      return after(co, orig(co, ...))
     end
-  end
-  for _, f in pairs(sched) do
-    if type(f) == "function" then
-      local g, i, orig = search(f)
-      if g then
-        local function after(co, ...) charge(co); return ... end
-        debug.setupvalue(g, i, function(co, ...)
-          charge(coroutine.running())
-          return after(co, orig(co, ...))
-        end)
-        return true
-      end
-    end
-  end
-  error("batch_profile: the scheduler's co_resume was not found")
+  end)
 end
 hook_resume()
 

@@ -17,20 +17,13 @@ if not config or not stats_file then
 end
 local ticks = tonumber(os.getenv("CLK_TCK") or "100")
 
--- Fields 14..17 of /proc/self/stat (utime, stime, cutime, cstime), in clock ticks. The command name
--- (field 2) is in parentheses and may hold spaces: the fields are counted after its ')'.
-local function cpu()
-  local s = assert(fs.read("/proc/self/stat"))
-  local f = {}
-  for w in s:match("^.*%) (.*)$"):gmatch("%S+") do f[#f + 1] = w end
-  -- f[1] is field 3 (state), so field n is f[n - 2]
-  return {utime = tonumber(f[12]), stime = tonumber(f[13]), cutime = tonumber(f[14]), cstime = tonumber(f[15])}
-end
+local measure = dofile((debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "bench") .. "/measure.lua")
 
-local function status_kb(key)
-  local s = assert(fs.read("/proc/self/status"))
-  return tonumber(s:match("\n" .. key .. ":%s+(%d+) kB"))
+local function cpu()
+  local utime, stime, cutime, cstime = measure.cpu_ticks()
+  return {utime = utime, stime = stime, cutime = cutime, cstime = cstime}
 end
+local status_kb = measure.status_kb
 
 local t0 = sched.now()
 local before = cpu()

@@ -10,7 +10,6 @@
 -- the time its own task runs, not for what other tasks do while it waits.
 local modal = require "runbox.modal"
 local sched = require "runbox.sched"
-local fs = require "runbox.fs"
 local json = require "runbox.json"
 
 local N = tonumber(arg[1] or "100")
@@ -18,58 +17,31 @@ local BYTES = tonumber(arg[2] or "1048576")
 local CMD = {"sh", "-c", ("head -c %d /dev/zero | tr '\\0' x"):format(BYTES)}
 local ticks = tonumber(os.getenv("CLK_TCK") or "100")
 
--- utime and stime (fields 14 and 15 of /proc/self/stat), in ms; field 2 may hold spaces, so the
--- fields are counted after its ')'.
-local function cpu_ms()
-  local s = assert(fs.read("/proc/self/stat"))
-  local f = {}
-  for w in s:match("^.*%) (.*)$"):gmatch("%S+") do f[#f + 1] = w end
-  return tonumber(f[12]) * 1000 / ticks, tonumber(f[13]) * 1000 / ticks   -- f[1] is field 3
-end
+local measure = dofile((debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "bench") .. "/measure.lua")
 
-local function status_kb(key)
-  local s = assert(fs.read("/proc/self/status"))
-  return tonumber(s:match("\n" .. key .. ":%s+(%d+) kB"))
+-- utime and stime, in ms
+local function cpu_ms()
+  local utime, stime = measure.cpu_ticks()
+  return utime * 1000 / ticks, stime * 1000 / ticks
 end
+local status_kb = measure.status_kb
 
 ---------------------------------------------------------------------------------------------------
 -- optional per-phase CPU: os.clock() around every resume of a task, added to that task's phase
 
 local phase_of, phase_cpu = setmetatable({}, {__mode = "k"}), {}
 
--- The scheduler resumes tasks with a local co_resume: found among the upvalues of its functions
--- and replaced by one that adds the CPU of each resume to the resumed task's current phase.
+-- Adds the CPU of each resume of a task to that task's current phase.
 local function hook_resume()
-  local seen = {}
-  local function search(f)
-    if seen[f] then return nil end
-    seen[f] = true
-    for i = 1, 255 do
-      local name, v = debug.getupvalue(f, i)
-      if not name then break end
-      if name == "co_resume" then return f, i, v end
-      if type(v) == "function" then
-        local g, j, w = search(v)
-        if g then return g, j, w end
-      end
-    end
+  local clock = os.clock
+  local function after(co, t0, ...)
+    local name = phase_of[co] or "other tasks"
+    phase_cpu[name] = (phase_cpu[name] or 0) + clock() - t0
+    return ...
   end
-  for _, f in pairs(sched) do
-    if type(f) == "function" then
-      local g, i, orig = search(f)
-      if g then
-        local clock = os.clock
-        local function after(co, t0, ...)
-          local name = phase_of[co] or "other tasks"
-          phase_cpu[name] = (phase_cpu[name] or 0) + clock() - t0
-          return ...
-        end
-        debug.setupvalue(g, i, function(co, ...) return after(co, clock(), orig(co, ...)) end)
-        return
-      end
-    end
-  end
-  error("modal_runbox: the scheduler's co_resume was not found")
+  measure.wrap_resume(sched, function(orig)
+    return function(co, ...) return after(co, clock(), orig(co, ...)) end
+  end)
 end
 if os.getenv("BENCH_PHASES") == "1" then hook_resume() end
 local function phase(name) phase_of[coroutine.running()] = name end

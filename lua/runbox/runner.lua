@@ -107,18 +107,6 @@ function Run:write_json(name, value, whole)
   end
 end
 
--- Writes a file into the sandbox: the backend's write_file, else a shell that reads stdin.
-local function put_file(sb, path, data)
-  if sb.write_file then return sb:write_file(path, data) end
-  local p, err = sb:exec({"sh", "-c", 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1"', "sh", path},
-                         {cwd = "/", stdin = data, timeout = 120})
-  if not p then return nil, err end
-  local guard <close> = p
-  local code = p:wait()
-  if code ~= 0 then return nil, errors.new("sandbox", ("cannot write %s in the sandbox (exit %s)"):format(path, tostring(code))) end
-  return true
-end
-
 -- Terminates the sandbox, trying again for a while when that fails (a cloud sandbox left running
 -- costs money until its own time limit); one that could not be stopped is named in the console
 -- and in results.json (sandbox_left) with the command that stops it.
@@ -162,11 +150,11 @@ function Run:setup(sb, t)
     has_instructions = t.instructions_file == t.dir .. "/overlay_files/LM_INSTRUCTIONS.md"
   else
     for _, f in ipairs(assert(task.overlay_files(t))) do
-      assert(put_file(sb, "/app/" .. f[1], f[2]))
+      assert(sb:write_file("/app/" .. f[1], f[2]))
       if f[1] == "LM_INSTRUCTIONS.md" then has_instructions = f[2] == t.instructions end
     end
   end
-  if not has_instructions then assert(put_file(sb, "/app/LM_INSTRUCTIONS.md", t.instructions)) end
+  if not has_instructions then assert(sb:write_file("/app/LM_INSTRUCTIONS.md", t.instructions)) end
   if sb.host_path then
     -- cloned on the host: a fresh clone is clean, so its HEAD is the baseline (task files are in
     -- /app, outside the repository)

@@ -73,4 +73,21 @@ function M.merged_env(base, ...)
   return out
 end
 
+-- A sandbox id given to terminate_id: letters, digits, ".", "_", "-" (raises otherwise).
+function M.sandbox_id(id, fname, example)
+  if type(id) ~= "string" or not id:match("^[%w][%w._-]*$") then
+    error(("%s: id must be a sandbox id such as %s"):format(fname, example), 3)
+  end
+  return id
+end
+
+-- Sorts a backend's list() result oldest first (then by id) and returns it.
+function M.oldest_first(list)
+  table.sort(list, function(a, b)
+    if a.created_at ~= b.created_at then return (a.created_at or 0) < (b.created_at or 0) end
+    return a.id < b.id
+  end)
+  return list
+end
+
 return M

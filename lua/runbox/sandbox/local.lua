@@ -873,20 +873,14 @@ function M.list(opts)
       end
     end
   end
-  table.sort(out, function(a, b)
-    if a.created_at ~= b.created_at then return (a.created_at or 0) < (b.created_at or 0) end
-    return a.id < b.id
-  end)
-  return out
+  return checks.oldest_first(out)
 end
 
 -- Terminates a sandbox by id, from any runbox process: kills its running execs (the bwrap
 -- processes binding its folder, found in /proc), marks its state terminated, removes its registry
 -- entry. Returns true, or nil, err (code "not_found") when the registry has no such sandbox.
 function M.terminate_id(id, opts)
-  if type(id) ~= "string" or not id:match("^[%w][%w._-]*$") then
-    error("local.terminate_id: id must be a sandbox id such as local-0123abcd", 2)
-  end
+  checks.sandbox_id(id, "local.terminate_id", "local-0123abcd")
   local mine = live[id]
   if mine then return mine:terminate() end
   local dir = M.registry_dir(opts)

@@ -886,19 +886,13 @@ function M.list(opts)
     out[#out + 1] = {id = s.id, backend = M.name, tags = s.tags, app_id = s.app_id, created_at = s.created_at,
                      alive = s.result == nil, state = s.result and s.result.status or "running"}
   end
-  table.sort(out, function(a, b)
-    if a.created_at ~= b.created_at then return (a.created_at or 0) < (b.created_at or 0) end
-    return a.id < b.id
-  end)
-  return out
+  return checks.oldest_first(out)
 end
 
 -- Terminates the sandbox `id` from any runbox process. Returns true, or nil, err (code
 -- "not_found" for an id Modal does not know).
 function M.terminate_id(id, opts)
-  if type(id) ~= "string" or not id:match("^[%w][%w._-]*$") then
-    error("modal.terminate_id: id must be a sandbox id such as sb-0123abcd", 2)
-  end
+  checks.sandbox_id(id, "modal.terminate_id", "sb-0123abcd")
   opts = opts or {}
   local mine = live[id]
   if mine then return mine:terminate() end

@@ -22,7 +22,9 @@ run_suite() {  # run_suite DIR LABEL
   echo "== tests: $label"
   (cd "$dir" && ctest -j"$jobs" --timeout 900 >"$logs/ctest-$label.txt" 2>&1)
   cat "$dir/Testing/Temporary/LastTest.log" >"$logs/tap-$label.txt"
-  grep -E '^(not ok|ok)' "$logs/tap-$label.txt" | grep '^not ok' | sed "s/^/[$label] /"
+  # each failure with the diagnostic lines that follow it, so a CI log says why
+  awk '/^not ok/ {n = 40; print; next} n > 0 && /^#/ {n--; print; next} {n = 0}' \
+    "$logs/tap-$label.txt" | sed "s/^/[$label] /"
   tail -n 3 "$logs/ctest-$label.txt" | sed "s/^/[$label] /"
 }
 

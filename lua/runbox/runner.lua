@@ -437,7 +437,10 @@ function M.run(opts)
       self.end_time = now_iso()
       local copy = self:results()
       copy.status = copy.status or "failed"
-      pcall(sb.write_file, sb, "/app/artifacts/results.json", json.pretty(copy))
+      local wok, wrote, werr = pcall(sb.write_file, sb, "/app/artifacts/results.json", json.pretty(copy))
+      if not (wok and wrote) then
+        self.console:warn("could not leave results.json on the volume: %s", errors.message(wok and werr or wrote))
+      end
     end
     local gok, got, gerr = pcall(sb.get_tar, sb, "/app/artifacts", self.dir .. "/artifacts")
     if not gok or not got then

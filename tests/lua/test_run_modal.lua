@@ -55,6 +55,18 @@ local function alive(s)
   return out
 end
 
+-- The live sandboxes whose agent (an exec running `sleep`) has started: their runs are past
+-- setup, so a cancellation finds a sandbox to leave its result copy in.
+local function agents_running(s)
+  local n = 0
+  for _, sb in ipairs(s.state().sandboxes) do
+    for _, ex in ipairs(sb.alive and sb.execs or {}) do
+      if ex.running and table.concat(ex.command_args, " "):find("sleep 30", 1, true) then n = n + 1 break end
+    end
+  end
+  return n
+end
+
 local function volume_dir(s, name)
   local v = s.state().volumes[name]
   return v and v.dir
@@ -296,8 +308,8 @@ T.test("Ctrl-C mid-batch: exit 130, every Modal sandbox of the batch terminated,
     local cfg = write_config(dir, "cmd:sleep 30", {})
     local p = parallel(s, dir, {cfg, "--max-parallel", "3"}, {spawn = true})
     local deadline = sched.now() + 60
-    while sched.now() < deadline and #alive(s) < 3 do sched.sleep(0.2) end
-    T.eq(#alive(s), 3, "three sandboxes running")
+    while sched.now() < deadline and agents_running(s) < 3 do sched.sleep(0.2) end
+    T.eq({#alive(s), agents_running(s)}, {3, 3}, "three sandboxes, each running its agent")
     -- its console output is read all along (a full pipe would stall it) and shown on failure
     local errout = sched.spawn(function() return p:read_all("stderr") end)
     sched.spawn(function() return p:read_all("stdout") end)
@@ -317,7 +329,7 @@ T.test("Ctrl-C mid-batch: exit 130, every Modal sandbox of the batch terminated,
       local rec = json.decode_file(vol .. "/" .. id .. "/results.json")
       if rec then seen = seen + 1; T.eq(rec.status, "cancelled", id) end
     end
-    T.eq(seen, 3, "a result copy per cancelled run")
+    T.eq(seen, 3, "a result copy per cancelled run; the batch's stderr ends: " .. (text or ""):sub(-1500))
     -- the rest with an agent that finishes: the recorded settings, overridden by the flag
     local r = parallel(s, dir, {cfg, "--resume", batch_dir(dir), "--agent", "oracle", "--format", "json"})
     T.eq(r.code, 0, r.stderr)

@@ -244,17 +244,20 @@ static int l_copy_file(lua_State *L) {
 /* ---- names and metadata ---- */
 
 /* Creates path and its missing parents. The common cases (the folder exists, or only its last
-   component is missing) cost one or two syscalls: it walks up only on ENOENT. */
-static int make_dirs(char *p, mode_t mode) {
-    if (mkdir(p, mode) == 0 || errno == EEXIST) return 0;
+   component is missing) cost one or two syscalls: it walks up only on ENOENT. Returns 1 when it
+   made path, 0 when path existed (maybe not as a folder), -1 with errno and path cut after the
+   folder that could not be made. */
+int rb_make_dirs(char *p, mode_t mode) {
+    if (mkdir(p, mode) == 0) return 1;
+    if (errno == EEXIST) return 0;
     if (errno != ENOENT) return -1;
     char *slash = strrchr(p, '/');
     if (!slash || slash == p) return -1;
     *slash = 0;
-    int r = make_dirs(p, mode);
+    if (rb_make_dirs(p, mode) < 0) return -1;
     *slash = '/';
-    if (r < 0) return -1;
-    return (mkdir(p, mode) == 0 || errno == EEXIST) ? 0 : -1;
+    if (mkdir(p, mode) == 0) return 1;
+    return errno == EEXIST ? 0 : -1;
 }
 
 static int l_mkdir_p(lua_State *L) {
@@ -265,13 +268,16 @@ static int l_mkdir_p(lua_State *L) {
     char *p = (char *)lua_newuserdatauv(L, len + 1, 0);   /* scratch copy, collected by Lua */
     memcpy(p, path, len + 1);
     while (len > 1 && p[len - 1] == '/') p[--len] = 0;    /* "a/b/" is "a/b" */
-    if (make_dirs(p, mode) < 0) {
+    int made = rb_make_dirs(p, mode);
+    if (made < 0) {
         int e = errno;
         return fail(L, "create directory", p, e);
     }
-    struct stat st;
-    if (stat(path, &st) < 0) return fail(L, "create directory", path, errno);
-    if (!S_ISDIR(st.st_mode)) return fail(L, "create directory", path, ENOTDIR);
+    if (!made) {                     /* it was there already: as a folder? */
+        struct stat st;
+        if (stat(path, &st) < 0) return fail(L, "create directory", path, errno);
+        if (!S_ISDIR(st.st_mode)) return fail(L, "create directory", path, ENOTDIR);
+    }
     lua_pushboolean(L, 1);
     return 1;
 }

@@ -11,6 +11,7 @@
  * writes the complete lines in one batch per sink and keeps the unterminated tail for the next step.
  * Lua never touches the lines. See lua/runbox/log.lua and docs/api/log.md. */
 #define _GNU_SOURCE   /* memmem, memrchr, F_SETPIPE_SZ */
+#include "fs.h"
 #include "loop.h"
 
 #include <errno.h>
@@ -336,24 +337,6 @@ static int l_sink_isatty(lua_State *L) {
     return 1;
 }
 
-/* mkdir -p of the folder holding path. 0, or -1 with errno and the failing folder in *where. */
-static int make_parents(char *path, const char **where) {
-    for (char *p = path + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        int rc = mkdir(path, 0777);
-        int e = errno;
-        struct stat st;
-        if (rc < 0 && !(e == EEXIST && stat(path, &st) == 0 && S_ISDIR(st.st_mode))) {
-            *where = path;          /* stays cut here: the caller names this folder */
-            errno = e == EEXIST ? ENOTDIR : e;
-            return -1;
-        }
-        *p = '/';
-    }
-    return 0;
-}
-
 /* clog.open(path, opts) -> sink | nil, message. opts: prefix, color, force_color, mkdir (true:
  * create missing folders). The file is opened for appending and created if needed. */
 static int l_open(lua_State *L) {
@@ -363,19 +346,23 @@ static int l_open(lua_State *L) {
     if (!*path) return luaL_argerror(L, 1, "empty path");
     bool mk = false;
     if (lua_istable(L, 2)) { lua_getfield(L, 2, "mkdir"); mk = lua_toboolean(L, -1); lua_pop(L, 1); }
-    if (mk) {
-        char *copy = strdup(path);
-        if (!copy) return luaL_error(L, "out of memory");
-        const char *where = NULL;
-        if (make_parents(copy, &where) < 0) {
-            lua_pushnil(L);
-            lua_pushfstring(L, "cannot create folder %s for log file %s: %s", where, path, strerror(errno));
-            free(copy);
-            return 2;
-        }
-        free(copy);
-    }
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0 && errno == ENOENT && mk) {    /* folders made only when missing: no walk per open */
+        char *dir = strdup(path);
+        if (!dir) return luaL_error(L, "out of memory");
+        char *slash = strrchr(dir, '/');
+        if (slash && slash != dir) {
+            *slash = 0;
+            if (rb_make_dirs(dir, 0777) < 0) {
+                lua_pushnil(L);
+                lua_pushfstring(L, "cannot create folder %s for log file %s: %s", dir, path, strerror(errno));
+                free(dir);
+                return 2;
+            }
+        }
+        free(dir);
+        fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    }
     if (fd < 0) {
         lua_pushnil(L);
         lua_pushfstring(L, "cannot open log file %s: %s", path, strerror(errno));

@@ -235,6 +235,7 @@ end
 
 -- Writes summary.md/.csv/.json into the batch folder; returns the texts by format.
 local function write_summaries(dir, recs, t0)
+  recs = report.sorted(recs)
   local info = {run_time = util.iso8601(), wall_time = sched.now() - t0}
   local outputs = {markdown = report.summary_markdown(recs, info), csv = report.summary_csv(recs),
                    json = report.summary_json(recs)}

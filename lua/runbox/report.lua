@@ -147,22 +147,40 @@ end
 
 -- At most 10 lines that say why a test failed: pytest's "E" lines, FAILED/ERROR lines, the final
 -- tally and runbox's own notes; else the last non-empty lines.
+-- Whether a line of test output says why a test failed (tested by first byte, then pattern: the
+-- output of a failing pytest run is long, and most of its lines start with none of these).
+local function telling(line)
+  local c = line:byte(1)
+  if not c then return false end
+  if c == 69 and (line:match("^E%s") or line:sub(1, 6) == "ERROR ") then return true end          -- E
+  if c == 70 and line:sub(1, 7) == "FAILED " then return true end                                  -- F
+  if c == 91 and line:sub(1, 8) == "[runbox]" then return true end                                 -- [
+  if c == 114 and line:sub(1, 8) == "runbox: " then return true end                                -- r
+  if (c == 61 or c == 32 or (c >= 48 and c <= 57)) and line:find(" in ", 1, true)                  -- = space digit
+     and (line:match("^=* ?%d+ [%w ,]*in [%d.]+s") or line:match("^%d+ %a+.* in [%d.]+s")) then
+    return true
+  end
+  return line:find("Error:", 1, true) ~= nil and line:match("^%S*Error:") ~= nil
+end
+
 function M.failure_excerpt(output, max)
   max = max or 10
-  local all = lines_of(output)
-  local picked = {}
-  for _, line in ipairs(all) do
-    if line:match("^E%s") or line:match("^FAILED ") or line:match("^ERROR ") or line:match("^%[runbox%]")
-       or line:match("^runbox: ") or line:match("^%S*Error:") or line:match("^=* ?%d+ [%w ,]*in [%d.]+s")
-       or line:match("^%d+ %a+.* in [%d.]+s") then
+  output = output or ""
+  local picked, tail = {}, {}     -- tail: the last max non-empty lines, for output with none picked
+  local pos, n = 1, #output
+  while pos <= n do
+    local nl = output:find("\n", pos, true) or n + 1
+    local line = output:sub(pos, nl - 1)
+    pos = nl + 1
+    if telling(line) then
       picked[#picked + 1] = shorten(line, 300)
+    elseif #picked == 0 and line:find("%S") then
+      tail[#tail + 1] = line
+      if #tail > max then table.remove(tail, 1) end
     end
   end
   if #picked == 0 then
-    for i = #all, 1, -1 do
-      if all[i]:match("%S") then table.insert(picked, 1, shorten(all[i], 300)) end
-      if #picked >= max then break end
-    end
+    for i, line in ipairs(tail) do picked[i] = shorten(line, 300) end
   end
   if #picked > max then
     -- keep the first lines (the assertion) and the last one (the tally)
@@ -460,14 +478,21 @@ function M.record(r)
   return rec
 end
 
+local function before(a, b)
+  if a.task ~= b.task then return a.task < b.task end
+  return tostring(a.run_id or "") < tostring(b.run_id or "")
+end
+
+-- The records by task, then run id: a copy, sorted only when out of order (each summary format
+-- sorts the same list, which the batch has sorted once).
 local function sorted(records)
   local list = table.move(records, 1, #records, 1, {})
-  table.sort(list, function(a, b)
-    if a.task ~= b.task then return a.task < b.task end
-    return tostring(a.run_id or "") < tostring(b.run_id or "")
-  end)
+  for i = 2, #list do
+    if before(list[i], list[i - 1]) then table.sort(list, before) break end
+  end
   return list
 end
+M.sorted = sorted
 
 local function keys_sorted(t)
   local ks = {}

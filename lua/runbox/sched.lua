@@ -144,6 +144,12 @@ local function finish(t, ok, ...)
   end
   for _, j in ipairs(t.joiners) do wake(j, "wake") end
   t.joiners = {}
+  local s = t.owner        -- the scope it was spawned in hears of it without scanning its tasks
+  if s then
+    s.ended[#s.ended + 1] = t
+    s.open = s.open - 1
+    if s.waiter then wake(s.waiter, "wake") end
+  end
 end
 
 local function trace(err)
@@ -347,7 +353,9 @@ Scope.__index = Scope
 
 function Scope:spawn(fn, ...)
   local t = M.spawn(fn, ...)
+  t.owner = self
   self.tasks[#self.tasks + 1] = t
+  self.open = self.open + 1
   return t
 end
 
@@ -358,27 +366,33 @@ end
 -- Runs fn(scope). Tasks started with scope:spawn belong to the scope: when fn returns, the scope
 -- waits for them; when fn fails (or one of them fails), the others are cancelled, and the first
 -- error is raised after all have ended.
+-- Each ending task is looked at once (its error noted), so a scope of n tasks costs O(n).
 function M.scope(fn, ...)
-  local s = setmetatable({tasks = {}}, Scope)
+  local s = setmetatable({tasks = {}, open = 0, ended = {}}, Scope)
   local r = pack(pcall(fn, s, ...))
   local first_err = not r[1] and r[2] or nil
   if first_err then s:cancel("scope failed") end
+  local function detach() s.waiter = nil end
   while true do
-    local open = {}
-    for _, t in ipairs(s.tasks) do
-      if t.status ~= "done" then
-        open[#open + 1] = t
-      elseif not t.retrieved then
-        t.retrieved = true
-        local ok, err = t.result[1], t.result[2]
-        if not ok and not first_err and not errors.is(err, "cancelled") then
-          first_err = err
-          s:cancel("a task in the scope failed")
+    local ended = s.ended
+    if #ended > 0 then
+      s.ended = {}
+      for _, t in ipairs(ended) do
+        if not t.retrieved then
+          t.retrieved = true
+          local ok, err = t.result[1], t.result[2]
+          if not ok and not first_err and not errors.is(err, "cancelled") then
+            first_err = err
+            s:cancel("a task in the scope failed")
+          end
         end
       end
     end
-    if #open == 0 then break end
-    local ok, err = pcall(M.wait_any, open)
+    if s.open == 0 then break end
+    if not current then error("sched.scope waits for its tasks: run it inside a task", 2) end
+    s.waiter = current
+    local ok, err = pcall(park, detach)
+    s.waiter = nil
     if not ok then                -- this task was interrupted: its tasks must not outlive the scope
       s:cancel("scope interrupted")
       first_err = err

@@ -374,4 +374,36 @@ T.test("summary JSON: sorted list, nulls for missing values", function()
   T.eq(json.encode(json.decode(report.summary_json({}))), "[]")
 end)
 
+T.test("failure_excerpt: the lines that say why, in order; else the last non-empty lines", function()
+  local out = table.concat({
+    "============================= test session starts ==============================",
+    "tests/test_a.py F.                                                      [100%]",
+    "    def test_x():",
+    ">       assert add(1, 2) == 4",
+    "E       assert 3 == 4",
+    "ERROR tests/test_b.py - ImportError: no module",
+    "ModuleNotFoundError: No module named 'yaml'",
+    "  ValueError: indented, not a cause line",
+    "[runbox] test script timed out after 5s",
+    "runbox: killed",
+    "FAILED tests/test_a.py::test_x - assert 3 == 4",
+    "========================= 1 failed, 1 passed in 0.12s =========================",
+    "2 passed in 0.01s",
+  }, "\n") .. "\n"
+  T.eq(report.failure_excerpt(out), {
+    "E       assert 3 == 4", "ERROR tests/test_b.py - ImportError: no module",
+    "ModuleNotFoundError: No module named 'yaml'", "[runbox] test script timed out after 5s", "runbox: killed",
+    "FAILED tests/test_a.py::test_x - assert 3 == 4",
+    "========================= 1 failed, 1 passed in 0.12s =========================", "2 passed in 0.01s"})
+  -- nothing telling: the last non-empty lines, the last one without its line end
+  local plain = {}
+  for i = 1, 14 do plain[#plain + 1] = "line " .. i; plain[#plain + 1] = "  " end
+  T.eq(report.failure_excerpt(table.concat(plain, "\n") .. "\nlast", 3), {"line 13", "line 14", "last"})
+  T.eq(report.failure_excerpt(""), {})
+  T.eq(report.failure_excerpt(nil), {})
+  -- more than max: the first max-1 and the tally
+  T.eq(report.failure_excerpt("E 1\nE 2\nE 3\nE 4\n1 failed in 2.5s", 3), {"E 1", "E 2", "1 failed in 2.5s"})
+  T.eq(#report.failure_excerpt("E " .. ("x"):rep(400))[1], 300, "a long line is shortened")
+end)
+
 T.run()

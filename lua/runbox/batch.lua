@@ -159,10 +159,26 @@ function M.discover(cfg, only)
   return out, problems
 end
 
--- The journal: one JSON object per line, fsynced, never rewritten.
+-- The journal: one JSON object per line, never rewritten. An append returns once its record is
+-- on disk; the records that tasks append while other ready tasks still run share one fsync (a
+-- run's finish and the next run's start, the first runs' starts).
+local commits = {}   -- journal path -> the coming fsync: {done = event, ok, err}
 local function journal_append(path, rec)
   rec.ts = util.iso8601()
-  assert(fs.append(path, json.encode(rec) .. "\n", {fsync = true}))
+  assert(fs.append(path, json.encode(rec) .. "\n"))
+  local c = commits[path]
+  if not c then
+    c = {done = sched.event()}
+    commits[path] = c
+    sched.spawn(function()
+      sched.shielded(sched.yield)
+      commits[path] = nil
+      c.ok, c.err = fs.append(path, "", {fsync = true})
+      c.done:set()
+    end)
+  end
+  sched.shielded(c.done.wait, c.done)   -- a Ctrl-C now must not leave the record unsynced
+  assert(c.ok, c.err)
 end
 
 local RETRY = {sandbox_error = true}

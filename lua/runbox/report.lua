@@ -146,41 +146,45 @@ local function line_count(text)
 end
 
 -- At most 10 lines that say why a test failed: pytest's "E" lines, FAILED/ERROR lines, the final
--- tally and runbox's own notes; else the last non-empty lines.
--- Whether a line of test output says why a test failed (tested by first byte, then pattern: the
--- output of a failing pytest run is long, and most of its lines start with none of these).
-local function telling(line)
-  local c = line:byte(1)
-  if not c then return false end
-  if c == 69 and (line:match("^E%s") or line:sub(1, 6) == "ERROR ") then return true end          -- E
-  if c == 70 and line:sub(1, 7) == "FAILED " then return true end                                  -- F
-  if c == 91 and line:sub(1, 8) == "[runbox]" then return true end                                 -- [
-  if c == 114 and line:sub(1, 8) == "runbox: " then return true end                                -- r
-  if (c == 61 or c == 32 or (c >= 48 and c <= 57)) and line:find(" in ", 1, true)                  -- = space digit
-     and (line:match("^=* ?%d+ [%w ,]*in [%d.]+s") or line:match("^%d+ %a+.* in [%d.]+s")) then
-    return true
-  end
-  return line:find("Error:", 1, true) ~= nil and line:match("^%S*Error:") ~= nil
-end
+-- tally and runbox's own notes; else the last non-empty lines. One pass over the text that makes a
+-- string only of the lines it keeps (this runs on every failed test's output).
+local find, byte, sub, match = string.find, string.byte, string.sub, string.match
 
 function M.failure_excerpt(output, max)
   max = max or 10
   output = output or ""
-  local picked, tail = {}, {}     -- tail: the last max non-empty lines, for output with none picked
+  local picked = {}
   local pos, n = 1, #output
+  local next_in, next_err = 0, 0     -- where " in " and "Error:" occur next (n + 1: nowhere)
   while pos <= n do
-    local nl = output:find("\n", pos, true) or n + 1
-    local line = output:sub(pos, nl - 1)
-    pos = nl + 1
-    if telling(line) then
-      picked[#picked + 1] = shorten(line, 300)
-    elseif #picked == 0 and line:find("%S") then
-      tail[#tail + 1] = line
-      if #tail > max then table.remove(tail, 1) end
+    local nl = find(output, "\n", pos, true) or n + 1
+    local c = byte(output, pos)
+    local hit
+    if c == 69 then hit = find(output, "^E[ \t\r\v\f]", pos) or find(output, "^ERROR ", pos)      -- E
+    elseif c == 70 then hit = find(output, "^FAILED ", pos)                                     -- F
+    elseif c == 91 then hit = find(output, "^%[runbox%]", pos)                                  -- [
+    elseif c == 114 then hit = find(output, "^runbox: ", pos)                                   -- r
     end
+    if not hit and (c == 61 or c == 32 or (c >= 48 and c <= 57)) then                          -- the tally
+      if next_in < pos then next_in = find(output, " in ", pos, true) or n + 1 end
+      if next_in < nl then
+        local line = sub(output, pos, nl - 1)
+        hit = match(line, "^=* ?%d+ [%w ,]*in [%d.]+s") or match(line, "^%d+ %a+.* in [%d.]+s")
+      end
+    end
+    if not hit then                                                                            -- SomeError:
+      if next_err < pos then next_err = find(output, "Error:", pos, true) or n + 1 end
+      hit = next_err < nl and match(sub(output, pos, nl - 1), "^%S*Error:")
+    end
+    if hit then picked[#picked + 1] = shorten(sub(output, pos, nl - 1), 300) end
+    pos = nl + 1
   end
   if #picked == 0 then
-    for i, line in ipairs(tail) do picked[i] = shorten(line, 300) end
+    local all = lines_of(output)
+    for i = #all, 1, -1 do
+      if all[i]:match("%S") then table.insert(picked, 1, shorten(all[i], 300)) end
+      if #picked >= max then break end
+    end
   end
   if #picked > max then
     -- keep the first lines (the assertion) and the last one (the tally)

@@ -42,7 +42,7 @@ end
 -- Interrupts t with err (cancellation or timeout): at once if parked, else at its next park.
 local function interrupt(t, err)
   if t.status == "done" then return end
-  if wake(t, "interrupt", err) then return end
+  if t.shielded == 0 and wake(t, "interrupt", err) then return end
   -- a pending cancellation wins over a later timeout, which a caller's timeout() would swallow
   if not (t.pending and errors.is(t.pending, "cancelled")) then t.pending = err end
 end
@@ -52,7 +52,7 @@ end
 local function park(detach)
   local t = current
   if not t then error("a blocking call needs a task: run it inside runbox (sched.run)", 3) end
-  if t.pending then
+  if t.pending and t.shielded == 0 then
     local err = t.pending
     t.pending = nil
     if detach then detach() end
@@ -60,7 +60,7 @@ local function park(detach)
   end
   if t.status == "running" then t.status = "parked" end
   local why, value = co_yield(PARK)
-  if why ~= "interrupt" and t.pending then   -- interrupted while already woken: deliver it now
+  if why ~= "interrupt" and t.pending and t.shielded == 0 then   -- interrupted while already woken: deliver it now
     why, value = "interrupt", t.pending
     t.pending = nil
   end
@@ -117,7 +117,7 @@ end
 function M.yield()
   local t = current
   if not t then error("sched.yield needs a task", 2) end
-  if t.pending then park() end   -- raises it now: a queued wake-up would outlive the error
+  if t.pending and t.shielded == 0 then park() end   -- raises it now: a queued wake-up would outlive the error
   t.status = "parked"
   wake(t, "wake")
   park()
@@ -162,7 +162,7 @@ end
 -- Starts fn(...) as a new task; returns the task. t:wait() gives its results.
 function M.spawn(fn, ...)
   task_count = task_count + 1
-  local t = setmetatable({num = task_count, status = "ready", joiners = {}, scopes = 0}, Task)
+  local t = setmetatable({num = task_count, status = "ready", joiners = {}, scopes = 0, shielded = 0}, Task)
   local args = pack(...)
   t.co = co_create(function()
     return finish(t, xpcall(fn, trace, unpack(args, 1, args.n)))
@@ -258,6 +258,18 @@ function M.timeout(seconds, fn, ...)
   if r[1] then return true, unpack(r, 2, r.n) end
   if errors.is(r[2], "timeout") and r[2].scope == scope then return nil, r[2] end
   error(r[2], 0)
+end
+
+-- Runs fn(...) with cancellation and deadlines held back: they reach the task at its first
+-- blocking call after fn returns. For short waits that must complete (a journal's fsync).
+function M.shielded(fn, ...)
+  local t = current
+  if not t then return fn(...) end
+  t.shielded = t.shielded + 1
+  local r = pack(pcall(fn, ...))
+  t.shielded = t.shielded - 1
+  if not r[1] then error(r[2], 0) end
+  return unpack(r, 2, r.n)
 end
 
 ---------------------------------------------------------------------------------------------------

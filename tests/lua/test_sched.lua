@@ -248,4 +248,36 @@ T.test("a cancelled scope cancels and waits for its tasks", function()
   T.eq(done_child, "cleaned")
 end)
 
+T.test("shielded: a cancellation or deadline waits until the shielded wait is over", function()
+  local ev = sched.event()
+  local steps = {}
+  local t = sched.spawn(function()
+    sched.shielded(function() ev:wait() end)
+    steps[#steps + 1] = "waited"
+    sched.sleep(5)                       -- the held-back cancellation arrives here
+    steps[#steps + 1] = "slept"
+  end)
+  sched.sleep(0.01)
+  t:cancel("test")
+  sched.sleep(0.01)
+  T.eq(t.status, "parked", "the shielded wait was interrupted")
+  ev:set()
+  local ok, err = t:wait()
+  T.eq(ok, false)
+  T.ok(errors.is(err, "cancelled"), tostring(err))
+  T.eq(steps, {"waited"})
+  -- a deadline too; an error inside still propagates
+  local ev2 = sched.event()
+  sched.spawn(function() sched.sleep(0.05); ev2:set() end)
+  local ok2, err2 = sched.timeout(0.01, function()
+    sched.shielded(function() ev2:wait() end)
+    sched.sleep(1)                       -- the held-back timeout arrives here
+    return "not reached"
+  end)
+  T.eq(ok2, nil)
+  T.ok(errors.is(err2, "timeout"), tostring(err2))
+  T.ok(ev2.is_set, "the wait went on past the deadline")
+  T.eq(select(2, pcall(sched.shielded, function() error("inner", 0) end)), "inner")
+end)
+
 T.run()

@@ -942,7 +942,7 @@ static int read_varint(struct dec *D, const uint8_t **pp, const uint8_t *end, ui
 
 /* Reads a length prefix and checks that the bytes are there. */
 static int read_len(struct dec *D, const uint8_t **pp, const uint8_t *end, const uint8_t **body, const uint8_t **bend) {
-    uint64_t n;
+    uint64_t n = 0;
     const uint8_t *at = *pp;
     if (read_varint(D, pp, end, &n, "length")) return -1;
     if (n > (uint64_t)(end - *pp))
@@ -982,7 +982,7 @@ static int skip_field(struct dec *D, uint32_t num, int wt, const uint8_t *tagat,
         for (;;) {
             const uint8_t *at = *pp;
             if (at >= end) return dec_fail(D, tagat, "unterminated group (field %d)", (int)num);
-            uint64_t tag;
+            uint64_t tag = 0;
             if (read_varint(D, pp, end, &tag, "tag")) return -1;
             if (tag > UINT32_MAX) return dec_fail(D, at, "field number too large");
             uint32_t n = (uint32_t)(tag >> 3);
@@ -1131,7 +1131,7 @@ static int dec_map_entry(struct dec *D, const struct pb_field *f, int t, const u
     int k = map + 1, v = map + 2;
     while (p < e) {
         const uint8_t *at = p;
-        uint64_t tag;
+        uint64_t tag = 0;
         if (read_varint(D, &p, e, &tag, "tag")) return -1;
         if (tag > UINT32_MAX) return dec_fail(D, at, "field number too large");
         uint32_t num = (uint32_t)(tag >> 3);
@@ -1199,7 +1199,7 @@ static int dec_message(struct dec *D, const struct pb_msg *m, int t, const uint8
     luaL_checkstack(L, 10, "pb.decode");
     while (p < end) {
         const uint8_t *at = p;
-        uint64_t tag;
+        uint64_t tag = 0;
         fr->f = NULL;
         if (read_varint(D, &p, end, &tag, "tag")) return -1;
         if (tag > UINT32_MAX) return dec_fail(D, at, "field number too large");

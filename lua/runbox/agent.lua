@@ -1,9 +1,12 @@
 -- Agents: what runs in the sandbox between the baseline commit and the diff.
 --
--- An agent is a table {name, uses_model, command(ctx) -> argv, env} where ctx has: model,
--- prompt_file (in the sandbox), repo ("/app/repo"), base_url (the metering proxy, for agents that
--- use a model), api_token (what the agent sends as its API key), reasoning_effort, codex_bin.
+-- An agent is a table {name, uses_model, command(ctx) -> argv, env [, stdin]} where ctx has:
+-- model, prompt_file (in the sandbox), repo ("/app/repo"), base_url (the metering proxy, for
+-- agents that use a model), api_token (what the agent sends as its API key), reasoning_effort,
+-- codex_bin, reference_patch (the host path of the task's diff.patch, which the sandbox lacks).
 -- Stock agents: codex, oracle, none, and command strings ("cmd: ..." or any shell line).
+local fs = require "runbox.fs"
+
 local M = {}
 
 -- Models that take reasoning flags (as the original bootstrap decided).
@@ -43,13 +46,17 @@ M.codex = {
   setup = {"mkdir -p /app/.codex-home"},
 }
 
--- Applies the task's reference solution: scores 100% on a well-formed task.
+-- Applies the task's reference solution: scores 100% on a well-formed task. The patch comes on
+-- stdin: it is never a file in the sandbox, where another agent could read it.
 M.oracle = {
   name = "oracle",
   uses_model = false,
   command = function(ctx)
-    return {"bash", "-c", "set -e; test -s /app/diff.patch || { echo 'oracle: the task has no diff.patch' >&2; exit 3; }; "
-                          .. "git apply --whitespace=nowarn /app/diff.patch && echo 'oracle: applied diff.patch'"}, {}
+    local patch = ctx.reference_patch and fs.read(ctx.reference_patch)
+    if not patch or not patch:match("%S") then
+      return {"bash", "-c", "echo 'oracle: the task has no diff.patch' >&2; exit 3"}, {}
+    end
+    return {"bash", "-c", "git apply --whitespace=nowarn - && echo 'oracle: applied diff.patch'"}, {}, patch
   end,
 }
 

@@ -138,20 +138,41 @@ function Run:results()
   }
 end
 
+-- Task files the agent must not see at /app: the reference solution (the oracle gets it on its
+-- stdin), the task's notes (they list the files the solution changes) and, in tb_meta.json, the
+-- evaluation (the hidden tests; they are written into the repository after the agent ran). A
+-- --bootstrap run keeps the original layout: the task's own bootstrap script expects every file.
+local WITHHELD = {["diff.patch"] = true, ["notes.md"] = true}
+
+local function meta_for_agent(text)
+  local meta = json.decode(text)
+  if type(meta) ~= "table" then return text end
+  meta.evaluation = nil
+  return json.pretty(meta) .. "\n"
+end
+
 -- Sets up /app and the repository at the start commit, then a baseline commit.
 function Run:setup(sb, t)
   self:phase("setup", t.repo.url)
   local slog = self.setup_log
-  -- task files at /app (instructions, tb_meta, the reference diff for the oracle): a prepared
-  -- task's overlay_files, or what `prepare` would write for a created one
+  -- task files at /app (instructions, repo_info, tb_meta): a prepared task's overlay_files, or
+  -- what `prepare` would write for a created one; less what the agent must not see
   local has_instructions
+  local whole = self.opts.bootstrap
   if t.kind == "prepared" then
-    assert(sb:put_dir(t.dir .. "/overlay_files", "/app"))
-    has_instructions = t.instructions_file == t.dir .. "/overlay_files/LM_INSTRUCTIONS.md"
+    local overlay = t.dir .. "/overlay_files"
+    assert(sb:put_dir(overlay, "/app", not whole and {exclude = {"/diff.patch", "/notes.md", "/tb_meta.json"}} or nil))
+    local meta = not whole and fs.read(overlay .. "/tb_meta.json")
+    if meta then assert(sb:write_file("/app/tb_meta.json", meta_for_agent(meta))) end
+    has_instructions = t.instructions_file == overlay .. "/LM_INSTRUCTIONS.md"
   else
     for _, f in ipairs(assert(task.overlay_files(t))) do
-      assert(sb:write_file("/app/" .. f[1], f[2]))
-      if f[1] == "LM_INSTRUCTIONS.md" then has_instructions = f[2] == t.instructions end
+      local name, content = f[1], f[2]
+      if whole or not WITHHELD[name] then
+        if name == "tb_meta.json" and not whole then content = meta_for_agent(content) end
+        assert(sb:write_file("/app/" .. name, content))
+      end
+      if name == "LM_INSTRUCTIONS.md" then has_instructions = content == t.instructions end
     end
   end
   if not has_instructions then assert(sb:write_file("/app/LM_INSTRUCTIONS.md", t.instructions)) end
@@ -208,7 +229,8 @@ function Run:run_agent(sb, t, a)
   self:phase("agent", a.name)
   if not a.command then self:phase_done("agent"); return true end
   local ctx = {model = self.model, prompt = t.instructions, prompt_file = "/app/LM_INSTRUCTIONS.md",
-               repo = "/app/repo", codex_bin = self.opts.codex_bin or self.codex_bin, reasoning_effort = self.opts.reasoning_effort}
+               repo = "/app/repo", codex_bin = self.opts.codex_bin or self.codex_bin, reasoning_effort = self.opts.reasoning_effort,
+               reference_patch = t.reference_patch}
   local m
   if a.uses_model and self.reaches_host == false then
     -- the sandbox cannot reach a proxy on this machine (a cloud sandbox): the agent talks to the
@@ -226,8 +248,8 @@ function Run:run_agent(sb, t, a)
   end
   local meter_guard <close> = m
   for _, line in ipairs(a.setup or {}) do assert(sh(sb, line, {cwd = "/app"})) end
-  local argv, env = a.command(ctx)
-  local p, err = sb:exec(argv, {cwd = "/app/repo", env = env, timeout = self.opts.timeout})
+  local argv, env, stdin = a.command(ctx)
+  local p, err = sb:exec(argv, {cwd = "/app/repo", env = env, timeout = self.opts.timeout, stdin = stdin})
   if not p then self:phase_done("agent"); return nil, err end
   self.agent_proc = p
   local guard <close> = p

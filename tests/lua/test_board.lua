@@ -52,7 +52,8 @@ T.test("runbox parallel on a terminal draws the board; off a terminal it prints 
     .. "datasets: {ex: {path: %s/examples/tasks, tasks: [fix-median-bug, add-slugify]}}\n"
     .. "output: {results_dir: %s/results}\n"):format(src, dir)))
   local bin = T.runbox_bin()
-  local r = assert(proc.run{"script", "-qec", bin .. " parallel p.yaml --agent 'cmd:sleep 1.5; git apply /app/diff.patch'",
+  local apply = dofile(src .. "/tests/helpers/reference_patch.lua")(src .. "/examples/tasks")
+  local r = assert(proc.run{"script", "-qec", bin .. " parallel p.yaml --agent 'cmd:sleep 1.5; " .. apply .. "'",
                             dir .. "/typescript", cwd = dir, timeout = 120,
                             env = {RUNBOX_SANDBOX_REGISTRY = dir .. "/registry"}})
   T.eq(r.code, 0, r.stdout .. r.stderr)

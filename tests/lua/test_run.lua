@@ -8,6 +8,7 @@ local json = require "runbox.json"
 local SRC = os.getenv("RUNBOX_SOURCE") or assert(fs.realpath("."))
 local BIN = T.runbox_bin()
 local EXAMPLES = SRC .. "/examples/tasks"
+local APPLY = dofile(SRC .. "/tests/helpers/reference_patch.lua")(EXAMPLES .. "/fix-median-bug")
 local EXPECTED = assert(json.decode_file(EXAMPLES .. "/EXPECTED.json"))
 local CODEX = os.getenv("RUNBOX_TEST_CODEX")
     or "/opt/runbox-test/codex/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
@@ -54,6 +55,31 @@ T.test("oracle: 100% with every result file in place", T.with_temp_dir(function(
   T.match(run_dir, "^" .. dir:gsub("%p", "%%%0") .. "/data/runs/")
 end))
 
+T.test("the agent sees no reference solution, notes or tests at /app (created and prepared tasks)",
+  T.with_temp_dir(function(dir)
+    local prepared = assert(proc.run{BIN, "prepare", EXAMPLES .. "/fix-median-bug", "--out", dir .. "/prepared"})
+    T.eq(prepared.code, 0, prepared.stderr)
+    local look = "cmd:ls -A /app > /app/artifacts/app_listing.txt; cp /app/tb_meta.json /app/artifacts/meta_seen.json;"
+                 .. " grep -rl 'def test_' /app --include='*.json' --include='*.md' > /app/artifacts/tests_seen.txt; true"
+    for _, task_dir in ipairs{EXAMPLES .. "/fix-median-bug", dir .. "/prepared/fix-median-bug"} do
+      local r, res, run_dir = run(dir, {task_dir, "--agent", look})
+      T.eq(r.code, 0, r.stderr)
+      T.eq(res.status, "completed", res.error)
+      local listing = assert(fs.read(run_dir .. "/artifacts/app_listing.txt"))
+      T.match(listing, "LM_INSTRUCTIONS%.md", task_dir)
+      T.ok(not listing:find("diff.patch", 1, true), task_dir .. ": the reference solution is not at /app")
+      T.ok(not listing:find("notes.md", 1, true), task_dir .. ": nor the notes")
+      local meta = assert(json.decode_file(run_dir .. "/artifacts/meta_seen.json"))
+      T.ok(meta.task_id and meta.lm, "tb_meta.json is there")
+      T.eq(meta.evaluation, nil, task_dir .. ": tb_meta.json without the evaluation")
+      T.eq(fs.read(run_dir .. "/artifacts/tests_seen.txt"), "", "no test script's text anywhere at /app")
+      -- the tests still ran afterwards, and the oracle still applies the solution
+      T.eq(res.tests.passed + res.tests.failed, 2)
+      local o, ores = run(dir, {task_dir, "--agent", "oracle"})
+      T.eq({o.code, ores.score}, {0, 1.0}, o.stderr)
+    end
+  end))
+
 T.test("oracle scores 100% and none scores exactly the expected baseline on every example", T.with_temp_dir(function(dir)
   for _, name in ipairs(task_names()) do
     for _, agent in ipairs{"oracle", "none"} do
@@ -87,7 +113,7 @@ local function codex_available() return fs.exists(CODEX) end
 T.test("the real codex CLI, through the metering proxy, makes an edit that lands in the diff and is scored",
   T.with_temp_dir(function(dir)
     if not codex_available() then error("codex not installed at " .. CODEX .. " (tests/deps.sh installs it)") end
-    local up <close> = standin.start{steps = {{shell = "git apply /app/diff.patch"}, {message = "applied the fix"}},
+    local up <close> = standin.start{steps = {{shell = APPLY}, {message = "applied the fix"}},
                                      usage = {input = 120, output = 30}}
     local secret = "sk-test-secret-" .. ("x"):rep(20)
     local r, res, run_dir = run(dir, {EXAMPLES .. "/fix-median-bug", "--agent", "codex", "--model", "gpt-5.5",
@@ -114,7 +140,7 @@ T.test("a token limit passed mid-run stops codex before it finishes: status toke
   T.with_temp_dir(function(dir)
     if not codex_available() then error("codex not installed at " .. CODEX) end
     local up <close> = standin.start{steps = {{shell = "echo step one"}, {shell = "echo step two"},
-                                              {shell = "git apply /app/diff.patch"}, {message = "done"}},
+                                              {shell = APPLY}, {message = "done"}},
                                      usage = {input = 600, output = 10}}
     local r, res = run(dir, {EXAMPLES .. "/fix-median-bug", "--agent", "codex", "--model", "gpt-5.5",
                              "--codex-bin", CODEX, "--token-limit", "1000", "--timeout", "60"},

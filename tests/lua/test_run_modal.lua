@@ -12,6 +12,8 @@ local sched = require "runbox.sched"
 local SRC = os.getenv("RUNBOX_SOURCE") or assert(fs.realpath("."))
 local BIN = T.runbox_bin()
 local EXAMPLES = SRC .. "/examples/tasks"
+local APPLY = dofile(SRC .. "/tests/helpers/reference_patch.lua")(EXAMPLES .. "/fix-median-bug")
+local APPLY_ANY = dofile(SRC .. "/tests/helpers/reference_patch.lua")(EXAMPLES)
 local EXPECTED = assert(json.decode_file(EXAMPLES .. "/EXPECTED.json")).tasks
 local CODEX = os.getenv("RUNBOX_TEST_CODEX")
     or "/opt/runbox-test/codex/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
@@ -100,7 +102,7 @@ T.test("the real codex CLI in a Modal sandbox: installation from its volume, key
   T.with_temp_dir(function(dir)
     if not fs.exists(CODEX) then error("codex not installed at " .. CODEX .. " (tests/deps.sh installs it)") end
     local s <close> = server()
-    local up <close> = responses.start{steps = {{shell = "git apply /app/diff.patch"}, {message = "applied the fix"}},
+    local up <close> = responses.start{steps = {{shell = APPLY}, {message = "applied the fix"}},
                                        usage = {input = 120, output = 30}}
     local key = "sk-modal-secret-" .. ("y"):rep(20)
     s.secret("openai-api-keys", {OPENAI_API_KEY = key})
@@ -253,7 +255,7 @@ T.test("a sandbox that dies mid-run is a sandbox error, retried, then completed"
   T.with_temp_dir(function(dir)
     local s <close> = server()
     s.admin{kind = "sandbox_dies", after = 2}
-    local cfg = write_config(dir, "cmd:sleep 4 && git apply /app/diff.patch", {})
+    local cfg = write_config(dir, "cmd:sleep 4 && " .. APPLY_ANY, {})
     local r = parallel(s, dir, {cfg, "--dataset", "ex", "--format", "json", "--retries", "1", "--max-parallel", "1"})
     T.eq(r.code, 0, r.stderr)
     local bdir = batch_dir(dir)
@@ -270,7 +272,7 @@ T.test("a sandbox that dies mid-run is a sandbox error, retried, then completed"
 T.test("SIGKILL mid-batch, then --resume: the killed batch's sandboxes are terminated, every task done once",
   T.with_temp_dir(function(dir)
     local s <close> = server()
-    local cfg = write_config(dir, "cmd:sleep 3 && git apply /app/diff.patch", {})
+    local cfg = write_config(dir, "cmd:sleep 3 && " .. APPLY_ANY, {})
     local p = parallel(s, dir, {cfg, "--max-parallel", "2"}, {spawn = true})
     local bdir
     local deadline = sched.now() + 90

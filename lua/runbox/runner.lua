@@ -142,13 +142,16 @@ end
 -- stdin), the task's notes (they list the files the solution changes) and, in tb_meta.json, the
 -- evaluation (the hidden tests; they are written into the repository after the agent ran). A
 -- --bootstrap run keeps the original layout: the task's own bootstrap script expects every file.
+-- repo_info.json loses the end commit and the files it touches.
 local WITHHELD = {["diff.patch"] = true, ["notes.md"] = true}
+local TRIMMED = {["tb_meta.json"] = {"evaluation"}, ["repo_info.json"] = {"end_commit", "touched_files"}}
 
-local function meta_for_agent(text)
-  local meta = json.decode(text)
-  if type(meta) ~= "table" then return text end
-  meta.evaluation = nil
-  return json.pretty(meta) .. "\n"
+local function for_agent(name, text)
+  local drop = TRIMMED[name]
+  local doc = drop and json.decode(text)
+  if type(doc) ~= "table" then return text end
+  for _, key in ipairs(drop) do doc[key] = nil end
+  return json.pretty(doc) .. "\n"
 end
 
 -- Sets up /app and the repository at the start commit, then a baseline commit.
@@ -161,16 +164,20 @@ function Run:setup(sb, t)
   local whole = self.opts.bootstrap
   if t.kind == "prepared" then
     local overlay = t.dir .. "/overlay_files"
-    assert(sb:put_dir(overlay, "/app", not whole and {exclude = {"/diff.patch", "/notes.md", "/tb_meta.json"}} or nil))
-    local meta = not whole and fs.read(overlay .. "/tb_meta.json")
-    if meta then assert(sb:write_file("/app/tb_meta.json", meta_for_agent(meta))) end
+    local exclude = {}
+    for name in pairs(WITHHELD) do exclude[#exclude + 1] = "/" .. name end
+    for name in pairs(TRIMMED) do exclude[#exclude + 1] = "/" .. name end
+    assert(sb:put_dir(overlay, "/app", not whole and {exclude = exclude} or nil))
+    for name in pairs(whole and {} or TRIMMED) do
+      local text = fs.read(overlay .. "/" .. name)
+      if text then assert(sb:write_file("/app/" .. name, for_agent(name, text))) end
+    end
     has_instructions = t.instructions_file == overlay .. "/LM_INSTRUCTIONS.md"
   else
     for _, f in ipairs(assert(task.overlay_files(t))) do
       local name, content = f[1], f[2]
       if whole or not WITHHELD[name] then
-        if name == "tb_meta.json" and not whole then content = meta_for_agent(content) end
-        assert(sb:write_file("/app/" .. name, content))
+        assert(sb:write_file("/app/" .. name, whole and content or for_agent(name, content)))
       end
       if name == "LM_INSTRUCTIONS.md" then has_instructions = content == t.instructions end
     end

@@ -60,6 +60,8 @@ T.test("the agent sees no reference solution, notes or tests at /app (created an
     local prepared = assert(proc.run{BIN, "prepare", EXAMPLES .. "/fix-median-bug", "--out", dir .. "/prepared"})
     T.eq(prepared.code, 0, prepared.stderr)
     local look = "cmd:ls -A /app > /app/artifacts/app_listing.txt; cp /app/tb_meta.json /app/artifacts/meta_seen.json;"
+                 .. " cp /app/repo_info.json /app/artifacts/info_seen.json; git log --all --format=%H > /app/artifacts/log_all.txt;"
+                 .. " git reflog > /app/artifacts/reflog.txt;"
                  .. " grep -rl 'def test_' /app --include='*.json' --include='*.md' > /app/artifacts/tests_seen.txt; true"
     for _, task_dir in ipairs{EXAMPLES .. "/fix-median-bug", dir .. "/prepared/fix-median-bug"} do
       local r, res, run_dir = run(dir, {task_dir, "--agent", look})
@@ -73,6 +75,14 @@ T.test("the agent sees no reference solution, notes or tests at /app (created an
       T.ok(meta.task_id and meta.lm, "tb_meta.json is there")
       T.eq(meta.evaluation, nil, task_dir .. ": tb_meta.json without the evaluation")
       T.eq(fs.read(run_dir .. "/artifacts/tests_seen.txt"), "", "no test script's text anywhere at /app")
+      local info = assert(json.decode_file(run_dir .. "/artifacts/info_seen.json"))
+      T.ok(info.start_commit, "repo_info.json is there")
+      T.eq({info.end_commit, info.touched_files}, {nil, nil}, "without the end commit and its files")
+      -- the clone's history ends at the start commit: no later commit reachable, no reflog of one
+      local start = assert(json.decode_file(task_dir .. "/repo_info.json")
+                           or json.decode_file(task_dir .. "/overlay_files/repo_info.json")).start_commit
+      T.eq(fs.read(run_dir .. "/artifacts/log_all.txt"), start .. "\n", "git log --all shows the start commit only")
+      T.eq(fs.read(run_dir .. "/artifacts/reflog.txt"), "", "an empty reflog")
       -- the tests still ran afterwards, and the oracle still applies the solution
       T.eq(res.tests.passed + res.tests.failed, 2)
       local o, ores = run(dir, {task_dir, "--agent", "oracle"})

@@ -17,12 +17,18 @@ end
 
 -- Clone, checkout and rev-parse in one process (a run starts one process here, not three). The
 -- exit status says which step failed; values travel as arguments, never through the script text.
+-- After the checkout, every ref but the task's branch and every reflog entry go: a task's repository
+-- usually holds the solution commit after the start (OneShot tasks are made from a start and an
+-- end commit), and the agent must not find it with `git log --all`. (Its objects stay in the pack
+-- until git's next gc: a gc here would cost seconds on a big repository.)
 local SCRIPT = [[
 url=$1 dest=$2 target=$3 branch=$4
 git clone --quiet -- "$url" "$dest" || exit 90
 cd "$dest" || exit 90
 if [ -n "$branch" ]; then git checkout --quiet -B "$branch" "$target^{commit}" -- || exit 91
 else git checkout --quiet --detach "$target^{commit}" -- || exit 91; fi
+git for-each-ref --format='delete %(refname)' | grep -vxF "delete refs/heads/$branch" | git update-ref --no-deref --stdin || exit 92
+git reflog expire --expire=now --all || exit 92
 git rev-parse HEAD
 ]]
 
@@ -33,7 +39,8 @@ local function last_line(s)
 end
 
 -- The command that clones t's repository into dest and prints the commit checked out (exit 90:
--- the clone failed, 91: the start commit or branch is not there); also run inside sandboxes.
+-- the clone failed, 91: the start commit or branch is not there, 92: the later refs could not be
+-- removed); also run inside sandboxes.
 function M.argv(t, dest)
   local start, branch = t.repo.start_commit, t.repo.branch
   local target = start
@@ -63,6 +70,10 @@ function M.clone(t, dest, opts)
     if names then fs.mkdir_p(dest) end
   end
   if r.code == 0 then return r.stdout:match("%x+") or true end
+  if r.code == 92 then
+    return nil, errors.new("task", ("cannot hide the commits after the start commit in the clone of '%s': %s")
+                           :format(t.repo.url, last_line(r.stderr)), {path = t.meta_file})
+  end
   if r.code == 91 then
     local field = start == "HEAD" and t.repo.key .. ".branch" or t.repo.start_field
     local what = start == "HEAD" and ("branch '%s'"):format(branch) or ("commit '%s'"):format(start)

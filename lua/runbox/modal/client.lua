@@ -113,12 +113,6 @@ function Conn:is_local()
   return h == "localhost" or h == "127.0.0.1" or h == "::1" or h == "172.21.0.1"
 end
 
-local function schemas(method)
-  local s = schema.methods[method]
-  if not s then error("modal: no schema for method " .. tostring(method), 3) end
-  return s[1], s[2]
-end
-
 local function hint_for(self, method, status)
   if status == "UNAUTHENTICATED" then
     return ("the server did not accept the token %s (from %s): check MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, "
@@ -131,7 +125,7 @@ end
 -- hint (added to the error message). Returns the response table or nil, err.
 function Conn:unary(method, request, opts)
   opts = opts or {}
-  local req_s, resp_s = schemas(method)
+  local req_s, resp_s = schema.of(method)
   local path = schema.CONTROL .. method
   local retries = opts.retries or M.RETRIES
   local delay = opts.base_delay or M.BASE_DELAY
@@ -181,7 +175,7 @@ end
 -- call (call:recv() -> message | nil at the end | nil, err) or nil, err (a Modal error).
 function Conn:stream(method, request, opts)
   opts = opts or {}
-  local req_s, resp_s = schemas(method)
+  local req_s, resp_s = schema.of(method)
   local md = {}
   for k, v in pairs(opts.metadata or {}) do md[k] = v end
   local call, gerr = self.channel:server_stream(schema.CONTROL .. method, request,

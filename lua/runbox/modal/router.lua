@@ -90,12 +90,6 @@ function Router:_metadata()
   return {authorization = "Bearer " .. self.jwt}
 end
 
-local function schemas(method)
-  local s = schema.methods[method]
-  if not s then error("modal router: no schema for method " .. tostring(method), 3) end
-  return s[1], s[2]
-end
-
 -- Wraps a router call's gRPC error.
 function Router:error(method, gerr, fields)
   fields = fields or {}
@@ -113,7 +107,7 @@ end
 -- attempt), deadline (sched.now() value after which no retry starts), hint.
 function Router:unary(method, request, opts)
   opts = opts or {}
-  local req_s, resp_s = schemas(method)
+  local req_s, resp_s = schema.of(method)
   local path = schema.ROUTER .. method
   local retries = opts.retries or M.RETRIES
   local delay = opts.base_delay or M.BASE_DELAY
@@ -152,7 +146,7 @@ end
 -- error, for the caller's resume logic), used_jwt; or nil, err (a Modal error) when no access.
 function Router:open_stream(method, request, opts)
   opts = opts or {}
-  local req_s, resp_s = schemas(method)
+  local req_s, resp_s = schema.of(method)
   local ok, aerr = self:access()
   if not ok then return nil, aerr end
   local used = self.jwt

@@ -389,4 +389,11 @@ function M.status_word(v)
   return "status " .. tostring(n)
 end
 
+-- The request and response schemas of method; a method without one is a programming error.
+function M.of(method)
+  local s = M.methods[method]
+  if not s then error("modal: no schema for method " .. tostring(method), 3) end
+  return s[1], s[2]
+end
+
 return M

@@ -142,16 +142,21 @@ local function get_block(url, f, offset, what)
   return n
 end
 
+-- A failed call about path: NOT_FOUND says the path is not in the volume.
+function Volume:_missing(path, err)
+  if err.grpc_status == "NOT_FOUND" then
+    return fail(("'%s' is not in Modal volume '%s'"):format(clean(path), self.name), {reason = "not_found"})
+  end
+  return nil, err
+end
+
 -- Downloads the file at path into the local file local_path (folders are made). opts.on_progress
 -- (function(bytes)) is called with each block's size. Returns the file size or nil, err.
 function Volume:download(path, local_path, opts)
   opts = opts or {}
   local resp, err = self.conn:unary("VolumeGetFile2", {volume_id = self.id, path = clean(path)})
   if not resp then
-    if err.grpc_status == "NOT_FOUND" then
-      return fail(("'%s' is not in Modal volume '%s'"):format(clean(path), self.name), {reason = "not_found"})
-    end
-    return nil, err
+    return self:_missing(path, err)
   end
   local dir = local_path:match("^(.*)/[^/]*$")
   if dir and dir ~= "" then
@@ -392,10 +397,7 @@ function Volume:remove(path, opts)
   local method = self.version == 2 and "VolumeRemoveFile2" or "VolumeRemoveFile"
   local resp, err = self.conn:unary(method, {volume_id = self.id, path = clean(path), recursive = opts.recursive or false})
   if not resp then
-    if err.grpc_status == "NOT_FOUND" then
-      return fail(("'%s' is not in Modal volume '%s'"):format(clean(path), self.name), {reason = "not_found"})
-    end
-    return nil, err
+    return self:_missing(path, err)
   end
   return true
 end

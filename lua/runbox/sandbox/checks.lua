@@ -90,4 +90,13 @@ function M.oldest_first(list)
   return list
 end
 
+-- The execs of a sandbox that still run (execs: a set of process objects).
+function M.running(execs)
+  local out = {}
+  for p in pairs(execs) do
+    if p:running() then out[#out + 1] = p end
+  end
+  return out
+end
+
 return M

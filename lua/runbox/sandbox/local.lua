@@ -814,13 +814,7 @@ Sandbox.__close = function(sb) sb:terminate() end
 Sandbox.__tostring = function(sb) return ("sandbox %s (local, %s)"):format(sb.id, sb.state) end
 
 -- Running execs (their runbox.proc objects).
-function Sandbox:running()
-  local out = {}
-  for p in pairs(self._execs) do
-    if p:running() then out[#out + 1] = p end
-  end
-  return out
-end
+function Sandbox:running() return checks.running(self._execs) end
 
 ---------------------------------------------------------------------------------------------------
 -- list and terminate_id: what the registry says, checked against /proc

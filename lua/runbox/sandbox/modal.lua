@@ -858,13 +858,7 @@ end
 Sandbox.__tostring = function(sb) return ("sandbox %s (modal, %s)"):format(sb.id, sb.state) end
 
 -- Running execs (their process objects).
-function Sandbox:running()
-  local out = {}
-  for p in pairs(self._execs) do
-    if p:running() then out[#out + 1] = p end
-  end
-  return out
-end
+function Sandbox:running() return checks.running(self._execs) end
 
 ---------------------------------------------------------------------------------------------------
 -- list and terminate_id (Modal keeps the sandboxes: any runbox process finds them by tags)

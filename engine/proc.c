@@ -1,6 +1,11 @@
 /* Child processes: posix_spawn into their own process group, non-blocking pipes, a pidfd to learn
  * of the exit through the loop. runbox.c.proc is the low level; lua/runbox/proc.lua the public API.
  *
+ * The exit is handled here, not by a Lua task per process: the pidfd's loop callback reaps the
+ * child, kills what it left in its group, and wakes the Lua waiters (p:exit_id). A time limit is
+ * two loop timers (SIGTERM to the group, SIGKILL after the grace). While the child runs, the
+ * registry holds the userdata, so a process nobody keeps a handle to still gets reaped.
+ *
  * Every live child is on a list; at exit (rb_proc_reap_all) each remaining group is killed and
  * reaped, so no child outlives runbox and no zombie is left. */
 #define _GNU_SOURCE
@@ -11,6 +16,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <stdint.h>
+#include <sys/epoll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -29,10 +35,31 @@ typedef struct proc {
     int exited;              /* reaped */
     int status;              /* waitid si_status */
     int code;                /* CLD_EXITED / CLD_KILLED / CLD_DUMPED */
+    int timed_out;           /* the time limit fired */
+    int keep_group;          /* leave the group's other processes alone at the exit */
+    double grace;            /* seconds from SIGTERM to SIGKILL at the time limit */
+    rb_timer limit, kill, poll;   /* slot -1: not running */
+    rb_id *waiters; int nwait, capwait;   /* loop ids to notify at the exit */
+    int ref;                 /* registry reference while running, else LUA_NOREF */
     struct proc *prev, *next;
 } proc;
 
 static proc *live_head;
+
+/* Registry references of exited processes, released at the next call that has a lua_State (the
+ * exit is seen in a loop callback, which has none). */
+static int *dead_refs; static int ndead, capdead;
+
+static void release_refs(lua_State *L) {
+    while (ndead) luaL_unref(L, LUA_REGISTRYINDEX, dead_refs[--ndead]);
+}
+
+static const rb_timer no_timer = {-1, 0};
+
+static void stop_timer(rb_timer *t) {
+    if (t->slot >= 0) rb_timer_stop(*t);
+    *t = no_timer;
+}
 
 static void unlink_live(proc *p) {
     if (p->prev) p->prev->next = p->next; else if (live_head == p) live_head = p->next;
@@ -62,7 +89,53 @@ static int try_reap(proc *p, int flags) {
     p->exited = 1; p->code = si.si_code; p->status = si.si_status;
     close_fd(&p->pidfd);
     unlink_live(p);
+    stop_timer(&p->limit); stop_timer(&p->kill); stop_timer(&p->poll);
+    if (!p->keep_group) kill(-p->pid, SIGKILL);   /* what it left behind in its group */
+    for (int i = 0; i < p->nwait; i++) rb_notify(p->waiters[i]);
+    free(p->waiters); p->waiters = NULL; p->nwait = p->capwait = 0;
+    if (p->ref != LUA_NOREF) {
+        if (ndead == capdead) {
+            int n = capdead ? 2 * capdead : 16;
+            int *q = realloc(dead_refs, sizeof(int) * (size_t)n);
+            if (!q) abort();
+            dead_refs = q; capdead = n;
+        }
+        dead_refs[ndead++] = p->ref;
+        p->ref = LUA_NOREF;
+    }
     return 1;
+}
+
+/* ---- the exit and the time limit, driven by the loop ---- */
+
+static void on_pidfd(int fd, uint32_t events, void *ud) {
+    (void)fd; (void)events;
+    try_reap(ud, WNOHANG);
+}
+
+/* Without a pidfd (pidfd_open can fail, e.g. under valgrind) the exit is polled. */
+static void on_poll(void *ud) {
+    proc *p = ud;
+    p->poll = no_timer;
+    if (!try_reap(p, WNOHANG)) p->poll = rb_timer_start(0.01, rb_new_id(), on_poll, p);
+}
+
+static void signal_group(proc *p, int sig) {
+    if (kill(-p->pid, sig) < 0 && !p->exited) kill(p->pid, sig);
+}
+
+static void on_kill(void *ud) {
+    proc *p = ud;
+    p->kill = no_timer;
+    signal_group(p, SIGKILL);
+}
+
+static void on_limit(void *ud) {
+    proc *p = ud;
+    p->limit = no_timer;
+    p->timed_out = 1;
+    signal_group(p, SIGTERM);
+    p->kill = rb_timer_start(p->grace, rb_new_id(), on_kill, p);
 }
 
 /* Kills the group (and the leader, in case it left the group) and waits for the leader. */
@@ -171,6 +244,15 @@ static int l_spawn(lua_State *L) {
     const char *cwd = lua_tostring(L, -1);
     int n_env;
     char **envp = build_env(L, &n_env);
+    lua_getfield(L, 1, "timeout");
+    double timeout = lua_isnil(L, -1) ? -1 : luaL_checknumber(L, -1);
+    lua_getfield(L, 1, "kill_grace");
+    double grace = lua_isnil(L, -1) ? 2 : luaL_checknumber(L, -1);
+    lua_getfield(L, 1, "keep_group");
+    int keep_group = lua_toboolean(L, -1);
+    lua_pop(L, 3);
+    if (timeout != timeout) timeout = 0;   /* NaN: no time at all */
+    release_refs(L);
 
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t attr;
@@ -209,8 +291,9 @@ static int l_spawn(lua_State *L) {
     proc *p = lua_newuserdatauv(L, sizeof(proc), 1);
     memset(p, 0, sizeof *p);
     p->pid = pid;
-    p->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-    if (p->pidfd >= 0) fcntl(p->pidfd, F_SETFD, FD_CLOEXEC);
+    p->limit = p->kill = p->poll = no_timer;
+    p->timed_out = 0; p->keep_group = keep_group; p->grace = grace;
+    p->pidfd = (int)syscall(SYS_pidfd_open, pid, O_CLOEXEC);
     p->fds[0] = pin[1]; p->fds[1] = pout[0]; p->fds[2] = perr[0];
     if (pin[0] >= 0) close(pin[0]);
     if (pout[1] >= 0) close(pout[1]);
@@ -219,7 +302,11 @@ static int l_spawn(lua_State *L) {
     if (live_head) live_head->prev = p;
     live_head = p;
     luaL_setmetatable(L, PROC_MT);
-    /* no pidfd (an old kernel, valgrind): the Lua side then polls the exit with short sleeps */
+    lua_pushvalue(L, -1);
+    p->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (p->pidfd < 0 || rb_fd_callback(p->pidfd, EPOLLIN, on_pidfd, p) < 0)
+        p->poll = rb_timer_start(0.01, rb_new_id(), on_poll, p);
+    if (timeout >= 0) p->limit = rb_timer_start(timeout, rb_new_id(), on_limit, p);
     return 1;
 
 fail:
@@ -253,12 +340,6 @@ static int l_fd(lua_State *L) {
     return 1;
 }
 
-static int l_pidfd(lua_State *L) {
-    proc *p = check(L);
-    if (p->pidfd < 0) lua_pushnil(L); else lua_pushinteger(L, p->pidfd);
-    return 1;
-}
-
 /* p:read(stream, max) -> data | "" at end | nil, "again" | nil, err */
 static int l_read(lua_State *L) {
     proc *p = check(L);
@@ -267,9 +348,10 @@ static int l_read(lua_State *L) {
     if (s == 0) return luaL_argerror(L, 2, "cannot read stdin");
     if (max <= 0) return luaL_argerror(L, 3, "must be positive");
     if (p->fds[s] < 0) { lua_pushliteral(L, ""); return 1; }
-    /* One shared buffer (the engine has one thread): a fresh 64 KiB box per read cost an
-       allocation and page faults on every chunk. Larger reads get their own buffer. */
-    static char shared[65536];
+    /* One shared buffer (the engine has one thread): a fresh box per read cost an allocation,
+       and for read_all's 1 MiB reads an mmap, page faults and a munmap on every chunk. It is as
+       large as the pipes (see pipe_pair); its pages are touched only as far as reads fill it. */
+    static char shared[1 << 20];
     luaL_Buffer b;
     char *buf = (size_t)max <= sizeof shared ? shared : luaL_buffinitsize(L, &b, (size_t)max);
     ssize_t n = read(p->fds[s], buf, (size_t)max);
@@ -308,13 +390,31 @@ static int l_close_stream(lua_State *L) {
     return 0;
 }
 
-/* p:poll() -> nil while running | "exit", code | "signal", signo */
-static int l_poll(lua_State *L) {
+/* p:status() -> nil while running | "exit", code, timed_out | "signal", signo, timed_out */
+static int l_status(lua_State *L) {
     proc *p = check(L);
-    if (!try_reap(p, WNOHANG)) { lua_pushnil(L); return 1; }
+    release_refs(L);
+    if (!p->exited) { lua_pushnil(L); return 1; }
     if (p->code == CLD_EXITED) lua_pushliteral(L, "exit"); else lua_pushliteral(L, "signal");
     lua_pushinteger(L, p->status);
-    return 2;
+    lua_pushboolean(L, p->timed_out);
+    return 3;
+}
+
+/* p:exit_id() -> a loop id notified at the exit, or nil when it has exited already */
+static int l_exit_id(lua_State *L) {
+    proc *p = check(L);
+    if (p->exited) { lua_pushnil(L); return 1; }
+    if (p->nwait == p->capwait) {
+        int n = p->capwait ? 2 * p->capwait : 2;
+        rb_id *w = realloc(p->waiters, sizeof(rb_id) * (size_t)n);
+        if (!w) return luaL_error(L, "out of memory");
+        p->waiters = w; p->capwait = n;
+    }
+    rb_id id = rb_new_id();
+    p->waiters[p->nwait++] = id;
+    lua_pushinteger(L, (lua_Integer)id);
+    return 1;
 }
 
 /* p:kill(signo, group) -> true | nil, err. Signals the whole process group unless group is false. */
@@ -335,12 +435,20 @@ static int l_pid(lua_State *L) { lua_pushinteger(L, check(L)->pid); return 1; }
 static int l_destroy(lua_State *L) {
     proc *p = check(L);
     kill_and_reap(p);
+    release_refs(L);
     for (int i = 0; i < 3; i++) close_fd(&p->fds[i]);
     close_fd(&p->pidfd);
     return 0;
 }
 
-static int l_reap_all(lua_State *L) { rb_proc_reap_all(); return 0; }
+static int l_reap_all(lua_State *L) { rb_proc_reap_all(); release_refs(L); return 0; }
+
+/* kill_all(signo): signals the group of every running child (the scheduler's "cancel everything") */
+static int l_kill_all(lua_State *L) {
+    int sig = (int)luaL_optinteger(L, 1, SIGKILL);
+    for (proc *p = live_head; p; p = p->next) signal_group(p, sig);
+    return 0;
+}
 
 /* kill_pid(pid, signo) -> true | nil, err: kill(2) for processes runbox did not start itself
  * (a negative pid names a process group). ESRCH counts as done. */
@@ -356,8 +464,8 @@ static int l_kill_pid(lua_State *L) {
 
 int luaopen_runbox_c_proc(lua_State *L) {
     static const luaL_Reg methods[] = {
-        {"fd", l_fd}, {"pidfd", l_pidfd}, {"read", l_read}, {"write", l_write},
-        {"close_stream", l_close_stream}, {"poll", l_poll}, {"kill", l_kill}, {"pid", l_pid},
+        {"fd", l_fd}, {"read", l_read}, {"write", l_write}, {"close_stream", l_close_stream},
+        {"status", l_status}, {"exit_id", l_exit_id}, {"kill", l_kill}, {"pid", l_pid},
         {"destroy", l_destroy}, {NULL, NULL}};
     luaL_newmetatable(L, PROC_MT);
     luaL_newlib(L, methods);
@@ -365,7 +473,8 @@ int luaopen_runbox_c_proc(lua_State *L) {
     lua_pushcfunction(L, l_destroy);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
-    static const luaL_Reg f[] = {{"spawn", l_spawn}, {"reap_all", l_reap_all}, {"kill_pid", l_kill_pid}, {NULL, NULL}};
+    static const luaL_Reg f[] = {{"spawn", l_spawn}, {"reap_all", l_reap_all}, {"kill_all", l_kill_all},
+                                 {"kill_pid", l_kill_pid}, {NULL, NULL}};
     luaL_newlib(L, f);
     return 1;
 }

@@ -1,6 +1,6 @@
 -- Child processes. Each runs in its own process group; reads and writes park the task, never the
--- process; a per-process reaper task learns of the exit through a pidfd, enforces the time limit,
--- and kills what the process left behind in its group.
+-- process. The exit, the time limit and the killing of what a process left in its group are
+-- handled by the C side (runbox.c.proc) through the event loop: no task per process.
 --
 --   local p <close> = proc.spawn{"git", "status", cwd = "/repo", timeout = 30}
 --   for line in p:lines() do print(line) end
@@ -15,43 +15,19 @@ Proc.__index = Proc
 
 local SIGTERM, SIGKILL = 15, 9
 
+-- Parks until the C side has reaped the process.
 local function wait_exit(p)
+  local c = p._c
   while true do
-    local how, code = p._c:poll()
-    if how then
-      p.how, p.status = how, code
-      return
-    end
-    local pidfd = p._c:pidfd()
-    if pidfd then sched.wait_fd(pidfd, "r") else sched.sleep(0.01) end   -- no pidfd: poll
+    local id = c:exit_id()
+    if not id then return end
+    sched.wait_id(id)
   end
 end
 
--- SIGTERM to the group, SIGKILL after `grace` seconds.
-local function terminate(p, grace)
-  p._c:kill(SIGTERM)
-  if not sched.timeout(grace, wait_exit, p) then
-    p._c:kill(SIGKILL)
-    wait_exit(p)
-  end
-end
-
-local function reaper(p, timeout, grace)
-  -- whatever happens below, waiters of p:wait() must wake up
-  local done <close> = setmetatable({}, {__close = function() p._exited:set() end})
-  local ok = pcall(function()
-    if not timeout then return wait_exit(p) end
-    if not sched.timeout(timeout, wait_exit, p) then
-      p.timed_out = true
-      terminate(p, grace)
-    end
-  end)
-  if not ok then           -- cancelled (Ctrl-C, shutdown, p:close): the process goes too
-    p._c:kill(SIGKILL)
-    wait_exit(p)
-  end
-  if not p.keep_group then p._c:kill(SIGKILL) end   -- leftovers in the group
-end
+-- Cancelling every task (Ctrl-C, shutdown, os.exit) stops every process too, as it always did
+-- when each process had a task of its own.
+sched.at_cancel_all(function() cproc.kill_all(SIGKILL) end)
 
 -- Starts a process. cmd is {"prog", "arg", ..., opts...} with options:
 --   cwd, env (table; false removes a variable), clear_env, stdin ("pipe" | "inherit" | a string
@@ -73,10 +49,7 @@ function M.spawn(cmd)
   local c, err = cproc.spawn(args)
   -- argv only: cmd also holds env, whose values must not travel in an error that may be logged
   if not c then return nil, errors.new("spawn", err, {argv = table.move(cmd, 1, #cmd, 1, {})}) end
-  local p = setmetatable({_c = c, pid = c:pid(), name = cmd[1], keep_group = cmd.keep_group,
-                          _exited = sched.event()}, Proc)
-  p._reaper = sched.spawn(reaper, p, cmd.timeout, cmd.kill_grace or 2)
-  p._reaper.name = "reaper of " .. tostring(cmd[1])
+  local p = setmetatable({_c = c, pid = c:pid(), name = cmd[1]}, Proc)
   if feed then
     p._feeder = sched.spawn(function()
       p:write(feed)
@@ -166,23 +139,25 @@ function Proc:kill(sig) return self._c:kill(sig or SIGTERM) end
 -- With a timeout argument, returns nil, err when the process is still running after it.
 function Proc:wait(timeout)
   if timeout then
-    local ok, err = sched.timeout(timeout, self._exited.wait, self._exited)
+    local ok, err = sched.timeout(timeout, wait_exit, self)
     if not ok then return nil, err end
   else
-    self._exited:wait()
+    wait_exit(self)
   end
-  if self.how == "signal" then self.signal = self.status end
-  local code = self.how == "signal" and 128 + self.status or self.status
-  return code, self.timed_out and "timeout" or self.how
+  local how, status, timed_out = self._c:status()
+  self.how, self.status, self.timed_out = how, status, timed_out or nil
+  if how == "signal" then self.signal = status end
+  local code = how == "signal" and 128 + status or status
+  return code, timed_out and "timeout" or how
 end
 
-function Proc:running() return not self._exited.is_set end
+function Proc:running() return self._c:status() == nil end
 
 -- Kills the group if still running, waits for it, releases the pipes. Safe to call twice.
 function Proc:close()
-  if not self._exited.is_set then
-    self._reaper:cancel("closed")
-    self._exited:wait()
+  if self._c:status() == nil then
+    self._c:kill(SIGKILL)
+    wait_exit(self)
   end
   if self._feeder then self._feeder:cancel("closed") end
   self._c:destroy()

@@ -23,6 +23,7 @@ local exit_request       -- set by os.exit or a signal: {status=, signal=}
 local signals_seen = 0
 local failed = {}        -- tasks that failed; reported if nothing ever waited for them
 local poll_ids = {}
+local cancel_all_hooks = {}
 
 local Task = {}
 Task.__index = Task
@@ -123,6 +124,16 @@ function M.yield()
   park()
 end
 
+-- Cancels every unfinished task (a signal, os.exit, shutdown) and runs the at_cancel_all hooks.
+local function cancel_all(reason)
+  for t in pairs(live) do t:cancel(reason) end
+  for _, fn in ipairs(cancel_all_hooks) do fn(reason) end
+end
+
+-- fn(reason) runs whenever every task is cancelled at once: for what lives outside tasks (the
+-- processes, which the C side watches).
+function M.at_cancel_all(fn) cancel_all_hooks[#cancel_all_hooks + 1] = fn end
+
 ---------------------------------------------------------------------------------------------------
 -- tasks
 
@@ -139,7 +150,7 @@ local function finish(t, ok, ...)
     end
     if errors.is(err, "exit") and not exit_request then
       exit_request = {status = err.status}
-      for other in pairs(live) do other:cancel("exit requested") end
+      cancel_all("exit requested")
     end
   end
   for _, j in ipairs(t.joiners) do wake(j, "wake") end
@@ -462,7 +473,7 @@ local function handle_signal(sig)
   if signals_seen == 1 then
     exit_request = exit_request or {status = 128 + sig, signal = name}
     io.stderr:write("\nrunbox: ", name, " received: cancelling, cleaning up (a second signal does not skip cleanup)\n")
-    for t in pairs(live) do t:cancel("interrupted by " .. name) end
+    cancel_all("interrupted by " .. name)
   else
     io.stderr:write("runbox: still cleaning up ", nlive, " task(s); please wait\n")
   end
@@ -502,7 +513,7 @@ end
 
 -- Cancels every remaining task and lets their cleanup run to the end.
 function M.shutdown(reason)
-  for t in pairs(live) do t:cancel(reason) end
+  cancel_all(reason)
   if not run_until(function() return nlive == 0 end) then
     for t in pairs(live) do
       io.stderr:write("runbox: ", tostring(t), " is still waiting on an event nothing can set\n")

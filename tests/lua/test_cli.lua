@@ -130,6 +130,27 @@ T.test("SIGINT cancels, runs cleanup, kills children, exits 130", function()
   T.ok(not T.pid_alive(child), "child process is gone")
 end)
 
+T.test("SIGINT stops a child whose handle nobody closes, before cleanup ends", function()
+  local marker = dir .. "/int3-marker"
+  local p <close> = start_and_wait_ready(write("sig3.lua", ([[
+    local sched = require "runbox.sched"
+    local proc = require "runbox.proc"
+    local T = require "runbox.testing"
+    local child = assert(proc.spawn{"sleep", "60"})      -- no <close>: only the signal stops it
+    local g <close> = setmetatable({}, {__close = function()
+      local t0 = sched.now()
+      while T.pid_alive(child.pid) and sched.now() - t0 < 3 do sched.sleep(0.02) end
+      local m = io.open(%q, "w") m:write(T.pid_alive(child.pid) and "alive" or "gone") m:close()
+    end})
+    print("ready")
+    io.stdout:flush()
+    sched.sleep(60)
+  ]]):format(marker)))
+  p:kill(2)
+  T.eq(p:wait(), 130)
+  T.eq(fs.read(marker), "gone", "stopped while the cleanup still ran")
+end)
+
 T.test("a second signal during cleanup does not skip cleanup", function()
   local marker, pidfile = dir .. "/int2-marker", dir .. "/int2-pid"
   local p <close> = start_and_wait_ready(interruptible(marker, pidfile))

@@ -159,4 +159,25 @@ T.test("cancelling a task in a read leaves the process to its handle", function(
   T.eq(p:read(), "late\n")
 end)
 
+T.test("a process nobody holds is still reaped, and its time limit still holds", function()
+  local pid
+  do
+    local p = assert(proc.spawn{"sh", "-c", "sleep 30", timeout = 0.2, stdout = "null", stderr = "null"})
+    pid = p.pid
+  end
+  collectgarbage(); collectgarbage()          -- the handle is gone; the process must not be
+  T.ok(T.pid_alive(pid), "still running after its handle was collected")
+  local t0 = sched.now()
+  while T.pid_alive(pid) and sched.now() - t0 < 5 do sched.sleep(0.02) end
+  T.ok(not T.pid_alive(pid), "stopped at its time limit and reaped (no zombie)")
+end)
+
+T.test("several tasks can wait for the same process", function()
+  local p <close> = assert(proc.spawn{"sh", "-c", "sleep 0.1; exit 4"})
+  local waiters = {}
+  for i = 1, 3 do waiters[i] = sched.spawn(function() return p:wait() end) end
+  for i = 1, 3 do T.eq({waiters[i]:join()}, {4, "exit"}) end
+  T.eq({p:wait()}, {4, "exit"}, "and again once it has ended")
+end)
+
 T.run()

@@ -66,6 +66,7 @@ local Meter = {}
 Meter.__index = Meter
 
 function Meter:record(trace)
+  if self.closed then return end     -- a late request of a run that has ended
   self.requests = self.requests + 1
   if trace.usage then
     local u, t = trace.usage, self.totals
@@ -150,10 +151,57 @@ function Meter:handle(req, res)
   self:record(trace)
 end
 
+-- Meters with a client token share one server per process and are told apart by that token
+-- (the agent's Authorization header), so a batch of hundreds of runs keeps one listening socket
+-- and one accept task instead of making and closing them per run. The server closes when its
+-- last meter does.
+local shared          -- {server=, meters = {token -> meter}, count=}
+
+local function shared_handler(req, res)
+  local token = (req.headers.authorization or ""):match("^Bearer (.+)$")
+  local m = shared and token and shared.meters[token]
+  if not m then return refuse(res, 401, "unknown client token") end
+  local me = sched.current()
+  m.active[me] = true
+  local ok, err = pcall(m.handle, m, req, res)
+  m.active[me] = nil
+  if not ok then error(err, 0) end
+end
+
+local function join_shared(self)
+  if not shared then
+    local srv, err = httpd.serve({host = "127.0.0.1", port = 0}, shared_handler)
+    if not srv then return nil, err end
+    shared = {server = srv, meters = {}, count = 0}
+  end
+  if shared.meters[self.client_token] then return nil, "meter.start: client_token already in use" end
+  shared.meters[self.client_token] = self
+  shared.count = shared.count + 1
+  self.shared, self.active = shared, {}
+  return shared.server
+end
+
+-- Leaves the shared server: requests in flight get `grace` seconds, then are cancelled.
+local function leave_shared(self, grace)
+  local s = self.shared
+  self.shared = nil
+  s.meters[self.client_token] = nil
+  s.count = s.count - 1
+  local until_t = sched.now() + grace
+  while next(self.active) and sched.now() < until_t do sched.sleep(0.01) end
+  for t in pairs(self.active) do t:cancel("metering proxy closed") end
+  for t in pairs(self.active) do t:wait() end
+  if s.count == 0 then
+    if shared == s then shared = nil end
+    s.server:close()
+  end
+end
+
 -- Starts a proxy. opts: upstream (base URL, e.g. "https://api.openai.com/v1"), api_key (sent
 -- upstream; nil: the client's own Authorization is passed on), client_token (required from the
--- client when set), token_limit, on_limit(totals), traces_path, host/port (default 127.0.0.1:0),
--- timeout (per upstream request, default 600 s).
+-- client when set), token_limit, on_limit(totals), traces_path, host/port (a server of its own
+-- on that address; default: the process's shared server on 127.0.0.1 when there is a
+-- client_token), timeout (per upstream request, default 600 s).
 -- Returns the meter: meter.base_url (give it to the agent), meter:usage(), meter:close().
 function M.start(opts)
   assert(type(opts.upstream) == "string", "meter.start: upstream base URL required")
@@ -162,17 +210,25 @@ function M.start(opts)
                              on_limit = opts.on_limit, traces_path = opts.traces_path,
                              timeout = opts.timeout or 600, prefix = "/v1", requests = 0,
                              totals = {input = 0, output = 0, cached = 0, reasoning = 0, counted = 0}}, Meter)
-  local srv, err = httpd.serve({host = opts.host or "127.0.0.1", port = opts.port or 0},
-                               function(req, res) return self:handle(req, res) end)
+  local srv, err
+  if self.client_token and not opts.host and not opts.port then
+    srv, err = join_shared(self)
+  else
+    srv, err = httpd.serve({host = opts.host or "127.0.0.1", port = opts.port or 0},
+                           function(req, res) return self:handle(req, res) end)
+    self.server = srv
+  end
   if not srv then return nil, err end
-  self.server = srv
   self.base_url = srv.url .. self.prefix
   return self
 end
 
+-- Stops the proxy; a request still in flight gets a second to finish.
 function Meter:close()
+  if self.shared then leave_shared(self, 1) end
   if self.server then self.server:close{grace = 1} end
   self.server = nil
+  self.closed = true
 end
 Meter.__close = Meter.close
 

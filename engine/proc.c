@@ -37,6 +37,7 @@ typedef struct proc {
     int code;                /* CLD_EXITED / CLD_KILLED / CLD_DUMPED */
     int timed_out;           /* the time limit fired */
     int keep_group;          /* leave the group's other processes alone at the exit */
+    int polled;              /* no pidfd: the exit is polled */
     double grace;            /* seconds from SIGTERM to SIGKILL at the time limit */
     rb_timer limit, kill, poll;   /* slot -1: not running */
     rb_id *waiters; int nwait, capwait;   /* loop ids to notify at the exit */
@@ -293,7 +294,7 @@ static int l_spawn(lua_State *L) {
     p->pid = pid;
     p->limit = p->kill = p->poll = no_timer;
     p->timed_out = 0; p->keep_group = keep_group; p->grace = grace;
-    p->pidfd = (int)syscall(SYS_pidfd_open, pid, O_CLOEXEC);
+    p->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);   /* always close-on-exec */
     p->fds[0] = pin[1]; p->fds[1] = pout[0]; p->fds[2] = perr[0];
     if (pin[0] >= 0) close(pin[0]);
     if (pout[1] >= 0) close(pout[1]);
@@ -304,8 +305,10 @@ static int l_spawn(lua_State *L) {
     luaL_setmetatable(L, PROC_MT);
     lua_pushvalue(L, -1);
     p->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    if (p->pidfd < 0 || rb_fd_callback(p->pidfd, EPOLLIN, on_pidfd, p) < 0)
+    if (p->pidfd < 0 || rb_fd_callback(p->pidfd, EPOLLIN, on_pidfd, p) < 0) {
+        p->polled = 1;
         p->poll = rb_timer_start(0.01, rb_new_id(), on_poll, p);
+    }
     if (timeout >= 0) p->limit = rb_timer_start(timeout, rb_new_id(), on_limit, p);
     return 1;
 
@@ -401,6 +404,13 @@ static int l_status(lua_State *L) {
     return 3;
 }
 
+/* p:exit_watch() -> "pidfd" | "poll" (no pidfd: the exit is polled every 10 ms) */
+static int l_exit_watch(lua_State *L) {
+    proc *p = check(L);
+    lua_pushstring(L, p->polled ? "poll" : "pidfd");
+    return 1;
+}
+
 /* p:exit_id() -> a loop id notified at the exit, or nil when it has exited already */
 static int l_exit_id(lua_State *L) {
     proc *p = check(L);
@@ -465,7 +475,7 @@ static int l_kill_pid(lua_State *L) {
 int luaopen_runbox_c_proc(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"fd", l_fd}, {"read", l_read}, {"write", l_write}, {"close_stream", l_close_stream},
-        {"status", l_status}, {"exit_id", l_exit_id}, {"kill", l_kill}, {"pid", l_pid},
+        {"status", l_status}, {"exit_id", l_exit_id}, {"exit_watch", l_exit_watch}, {"kill", l_kill}, {"pid", l_pid},
         {"destroy", l_destroy}, {NULL, NULL}};
     luaL_newmetatable(L, PROC_MT);
     luaL_newlib(L, methods);

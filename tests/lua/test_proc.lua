@@ -172,6 +172,12 @@ T.test("a process nobody holds is still reaped, and its time limit still holds",
   T.ok(not T.pid_alive(pid), "stopped at its time limit and reaped (no zombie)")
 end)
 
+T.test("the exit is watched through a pidfd, not polled", function()
+  local p <close> = assert(proc.spawn{"true"})
+  T.eq(p._c:exit_watch(), "pidfd", "a fallback to polling here would be a silent slowdown")
+  T.eq({p:wait()}, {0, "exit"})
+end)
+
 T.test("several tasks can wait for the same process", function()
   local p <close> = assert(proc.spawn{"sh", "-c", "sleep 0.1; exit 4"})
   local waiters = {}

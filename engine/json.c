@@ -300,7 +300,23 @@ static int l_decode(lua_State *L) {
 /* ================================================================================================
  * encoding: into a malloc'd buffer inside a protected call (so a raise never leaks it) */
 
-typedef struct path_seg { const struct path_seg *up; int is_index; lua_Integer index; int key_idx; } path_seg;
+typedef struct path_seg {
+    const struct path_seg *up;
+    int is_index;
+    lua_Integer index;
+    const char *name; size_t name_len;   /* the key as written (anchored while the seg lives) */
+} path_seg;
+
+/* An object's key: s/n as written (valid UTF-8), raw/rawn the key's own bytes (ties), and the key
+ * itself to look the value up again: a string (raw), or a number. */
+typedef struct {
+    const char *s, *raw;
+    size_t n, rawn;
+    int kind;                 /* KEY_STRING, KEY_INT, KEY_FLOAT */
+    lua_Integer i;
+    lua_Number f;
+} sort_key;
+enum { KEY_STRING, KEY_INT, KEY_FLOAT };
 
 typedef struct {
     lua_State *L;
@@ -308,6 +324,8 @@ typedef struct {
     size_t len, cap;
     int pretty;
     int depth;
+    sort_key *keys;           /* the keys of every object being written, innermost last */
+    size_t nkeys, capkeys;
 } encoder;
 
 static void grow(encoder *e, size_t need) {
@@ -359,8 +377,8 @@ static int enc_fail(encoder *e, const path_seg *at, const char *what) {
             luaL_addvalue(&b);
             continue;
         }
-        size_t kl;
-        const char *k = lua_tolstring(L, segs[i]->key_idx, &kl);
+        size_t kl = segs[i]->name_len;
+        const char *k = segs[i]->name;
         int plain = kl > 0 && !is_digit(k[0]);
         for (size_t j = 0; j < kl && plain; j++)
             plain = (k[j] >= 'a' && k[j] <= 'z') || (k[j] >= 'A' && k[j] <= 'Z') || is_digit(k[j]) || k[j] == '_';
@@ -483,7 +501,7 @@ static void enc_array(encoder *e, int idx, lua_Integer n, const path_seg *at) {
         if (i > 1) putc_(e, ',');
         newline(e);
         lua_rawgeti(e->L, idx, i);
-        path_seg seg = {at, 1, i, 0};
+        path_seg seg = {at, 1, i, NULL, 0};
         enc_value(e, lua_gettop(e->L), &seg);
         lua_pop(e->L, 1);
     }
@@ -494,8 +512,6 @@ static void enc_array(encoder *e, int idx, lua_Integer n, const path_seg *at) {
 
 /* Keys sort by the text written (raw bytes break ties between keys that differ only in invalid
  * UTF-8), so the order is the same on every run whatever the table's internal order. */
-typedef struct { const char *s, *raw; size_t n, rawn; int slot; } sort_key;
-
 static int cmp_bytes(const char *a, size_t an, const char *b, size_t bn) {
     int c = memcmp(a, b, an < bn ? an : bn);
     return c ? c : (an > bn) - (an < bn);
@@ -507,12 +523,31 @@ static int cmp_key(const void *a, const void *b) {
     return c ? c : cmp_bytes(x->raw, x->rawn, y->raw, y->rawn);
 }
 
+/* Most objects have a handful of keys: insertion sort, without qsort's call per comparison. */
+static void sort_keys(sort_key *v, size_t n) {
+    if (n > 24) { qsort(v, n, sizeof *v, cmp_key); return; }
+    for (size_t i = 1; i < n; i++) {
+        sort_key k = v[i];
+        size_t j = i;
+        while (j > 0 && cmp_key(&v[j - 1], &k) > 0) { v[j] = v[j - 1]; j--; }
+        v[j] = k;
+    }
+}
+
+static int valid_utf8(const char *s, size_t n) {
+    const unsigned char *p = (const unsigned char *)s, *end = p + n;
+    while (p < end) {
+        if (*p < 0x80) { p++; continue; }
+        size_t l = utf8_len(p, (size_t)(end - p));
+        if (!l) return 0;
+        p += l;
+    }
+    return 1;
+}
+
 /* Pushes s with every byte that is not part of valid UTF-8 replaced by U+FFFD. */
 static void push_valid_utf8(lua_State *L, const char *s, size_t n) {
     const unsigned char *p = (const unsigned char *)s, *end = p + n;
-    size_t bad = 0;
-    for (const unsigned char *q = p; q < end;) { size_t l = utf8_len(q, (size_t)(end - q)); bad += !l; q += l ? l : 1; }
-    if (!bad) { lua_pushlstring(L, s, n); return; }
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     while (p < end) {
@@ -523,68 +558,79 @@ static void push_valid_utf8(lua_State *L, const char *s, size_t n) {
     luaL_pushresult(&b);
 }
 
-/* Objects always list their keys in sorted (byte) order: the same table gives the same text. */
+static sort_key *new_key(encoder *e) {
+    if (e->nkeys == e->capkeys) {
+        size_t cap = e->capkeys ? 2 * e->capkeys : 64;
+        sort_key *k = realloc(e->keys, cap * sizeof *k);
+        if (!k) luaL_error(e->L, "json: out of memory");
+        e->keys = k;
+        e->capkeys = cap;
+    }
+    return &e->keys[e->nkeys++];
+}
+
+/* Objects always list their keys in sorted (byte) order: the same table gives the same text.
+ * String keys are used in place (the table anchors them); a key that needs a new string (a
+ * number, invalid UTF-8) keeps it on the stack until the object is written. */
 static void enc_object(encoder *e, int idx, const path_seg *at) {
     lua_State *L = e->L;
-    lua_newtable(L);                  /* original keys by slot */
-    int keys = lua_gettop(L);
-    lua_newtable(L);                  /* their string forms by slot */
-    int names = lua_gettop(L);
-    int n = 0;
+    int top = lua_gettop(L);
+    size_t base = e->nkeys;     /* this object's keys: e->keys[base ..]; the array may move */
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         lua_pop(L, 1);
         int t = lua_type(L, -1);
+        if (t != LUA_TSTRING && t != LUA_TNUMBER)
+            enc_fail(e, at, lua_pushfstring(L, "cannot encode a table key of type %s", luaL_typename(L, -1)));
+        sort_key *k = new_key(e);
         if (t == LUA_TSTRING) {
-            size_t kl;
-            const char *k = lua_tolstring(L, -1, &kl);
-            push_valid_utf8(L, k, kl);
-        } else if (t == LUA_TNUMBER) {
+            k->kind = KEY_STRING;
+            k->raw = lua_tolstring(L, -1, &k->rawn);
+            if (valid_utf8(k->raw, k->rawn)) { k->s = k->raw; k->n = k->rawn; continue; }
+            luaL_checkstack(L, 3, "JSON object keys");
+            push_valid_utf8(L, k->raw, k->rawn);
+        } else {
             char tmp[48];
             size_t len = 0;
-            if (lua_isinteger(L, -1)) len = (size_t)snprintf(tmp, sizeof tmp, "%lld", (long long)lua_tointeger(L, -1));
-            else if (!isfinite(lua_tonumber(L, -1))) enc_fail(e, at, "cannot encode a NaN or infinite table key");
-            else len = format_float(tmp, sizeof tmp, lua_tonumber(L, -1));
+            if (lua_isinteger(L, -1)) {
+                k->kind = KEY_INT; k->i = lua_tointeger(L, -1);
+                len = (size_t)snprintf(tmp, sizeof tmp, "%lld", (long long)k->i);
+            } else {
+                k->kind = KEY_FLOAT; k->f = lua_tonumber(L, -1);
+                if (!isfinite(k->f)) enc_fail(e, at, "cannot encode a NaN or infinite table key");
+                len = format_float(tmp, sizeof tmp, k->f);
+            }
+            luaL_checkstack(L, 3, "JSON object keys");
             lua_pushlstring(L, tmp, len);
-        } else {
-            enc_fail(e, at, lua_pushfstring(L, "cannot encode a table key of type %s", luaL_typename(L, -1)));
         }
-        if (n == INT32_MAX - 1) enc_fail(e, at, "table too large");
-        lua_rawseti(L, names, ++n);
-        lua_pushvalue(L, -1);
-        lua_rawseti(L, keys, n);
+        k = &e->keys[e->nkeys - 1];
+        k->s = lua_tolstring(L, -1, &k->n);        /* anchored on the stack, below the key */
+        if (k->kind != KEY_STRING) { k->raw = k->s; k->rawn = k->n; }
+        lua_insert(L, -2);
     }
-    sort_key *v = lua_newuserdatauv(L, sizeof *v * (size_t)(n ? n : 1), 0);
-    for (int i = 0; i < n; i++) {
-        lua_rawgeti(L, names, i + 1);
-        v[i].s = lua_tolstring(L, -1, &v[i].n);   /* anchored in names */
-        lua_pop(L, 1);
-        lua_rawgeti(L, keys, i + 1);
-        if (lua_type(L, -1) == LUA_TSTRING) v[i].raw = lua_tolstring(L, -1, &v[i].rawn);   /* anchored in keys */
-        else { v[i].raw = v[i].s; v[i].rawn = v[i].n; }
-        lua_pop(L, 1);
-        v[i].slot = i + 1;
-    }
-    qsort(v, (size_t)n, sizeof *v, cmp_key);
+    size_t n = e->nkeys - base;
+    sort_keys(e->keys + base, n);
     putc_(e, '{');
     e->depth++;
-    for (int i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++) {
+        sort_key k = e->keys[base + i];   /* a copy: nested objects may move the array */
         if (i > 0) putc_(e, ',');
         newline(e);
-        enc_string(e, v[i].s, v[i].n);
+        enc_string(e, k.s, k.n);
         if (e->pretty) put(e, ": ", 2); else putc_(e, ':');
-        lua_rawgeti(L, names, v[i].slot);
-        int name_idx = lua_gettop(L);
-        lua_rawgeti(L, keys, v[i].slot);
+        if (k.kind == KEY_STRING) lua_pushlstring(L, k.raw, k.rawn);
+        else if (k.kind == KEY_INT) lua_pushinteger(L, k.i);
+        else lua_pushnumber(L, k.f);
         lua_rawget(L, idx);
-        path_seg seg = {at, 0, 0, name_idx};
+        path_seg seg = {at, 0, 0, k.s, k.n};
         enc_value(e, lua_gettop(L), &seg);
-        lua_pop(L, 2);
+        lua_pop(L, 1);
     }
     e->depth--;
     if (n > 0) newline(e);
     putc_(e, '}');
-    lua_pop(L, 3);
+    e->nkeys = base;
+    lua_settop(L, top);
 }
 
 static void enc_value(encoder *e, int idx, const path_seg *at) {
@@ -621,7 +667,7 @@ static int encode_protected(lua_State *L) {
 
 /* Encodes the value at idx and pushes the text (with a final newline if nl); raises on failure. */
 static void encode(lua_State *L, int idx, int pretty, int nl) {
-    encoder e = {L, NULL, 0, 0, pretty, 0};
+    encoder e = {L, NULL, 0, 0, pretty, 0, NULL, 0, 0};
     lua_pushvalue(L, MARKS);    /* the protected call needs the same upvalues */
     lua_pushvalue(L, ERRORS_NEW);
     lua_insert(L, -2);
@@ -629,6 +675,7 @@ static void encode(lua_State *L, int idx, int pretty, int nl) {
     lua_pushlightuserdata(L, &e);
     lua_pushvalue(L, idx);
     int rc = lua_pcall(L, 2, 0, 0);
+    free(e.keys);
     if (rc == LUA_OK && nl) {
         char *nb = realloc(e.buf, e.len + 1);
         if (nb) { e.buf = nb; e.buf[e.len++] = '\n'; } else rc = -1;

@@ -134,6 +134,23 @@ T.test("encode tables: arrays, objects, sorted keys", function()
   T.eq(json.encode({a = {}}), '{"a":{}}')
   T.eq(json.encode(errors.new("x", "msg")), '{"code":"x","message":"msg"}')   -- metatables ignored
   T.eq(json.encode({["\255z"] = 1, ["\254a"] = 2, b = 3}), '{"b":3,"\u{fffd}a":2,"\u{fffd}z":1}')   -- sorted as written
+  -- many keys, of every kind, nested: the same order as sorting the written keys
+  local big, names = {}, {}
+  for i = 1, 60 do
+    local k = i % 3 == 0 and ("k" .. (i * 7919) % 101) or i % 3 == 1 and ("\255" .. i) or nil
+    if k then big[k] = {inner = {z = i, a = -i}} else big[i * 1000 + 0.5] = i end
+  end
+  for k in pairs(big) do
+    local w = type(k) == "number" and string.format("%.1f", k) or k:gsub("\255", "\u{fffd}")
+    names[#names + 1] = w
+  end
+  table.sort(names)
+  local got = {}
+  for key in json.encode(big):gmatch('"([^"]+)":[{%d]') do
+    if key ~= "inner" and key ~= "a" and key ~= "z" then got[#got + 1] = key end
+  end
+  T.eq(got, names)
+  T.raises("cannot encode a function at %$%[\"\u{fffd}x\"%]%.f", json.encode, {["\255x"] = {f = print}})
 end)
 
 T.test("json.array marks tables that encode as [] even when empty", function()

@@ -83,10 +83,15 @@ local function rec_alive(rec)
   return rec.comm == nil or st.comm == rec.comm
 end
 
+-- This process as an owner record; read once per process (a fork would have another pid).
+local own_rec
 local function self_rec()
   local pid = util.pid()
-  local st = proc_stat(pid)
-  return {pid = pid, start = st and st.start, comm = st and st.comm}
+  if not own_rec or own_rec.pid ~= pid then
+    local st = proc_stat(pid)
+    own_rec = {pid = pid, start = st and st.start, comm = st and st.comm}
+  end
+  return {pid = own_rec.pid, start = own_rec.start, comm = own_rec.comm}
 end
 
 local function find_bwrap()

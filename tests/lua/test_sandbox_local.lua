@@ -567,6 +567,28 @@ T.test("bad options: clear errors", with_sandboxes(function(dir, new)
   T.match(err.message, "writable by others")
 end))
 
+T.test("a registry folder removed between two creates is made again", T.with_temp_dir(function(dir)
+  local reg = dir .. "/registry"
+  local a = assert(backend.create{root = dir .. "/a", registry = reg})
+  a:destroy()
+  assert(fs.remove_tree(reg))
+  local b = assert(backend.create{root = dir .. "/b", registry = reg})
+  T.ok(fs.exists(reg .. "/" .. b.id .. ".json"), "the new sandbox is registered")
+  b:destroy()
+end))
+
+T.test("sandbox paths are cleaned the same way whether they need it or not", function()
+  local clean = require("runbox.sandbox.checks").clean_path
+  for _, c in ipairs{{"/", "/"}, {"/app", "/app"}, {"/app/", "/app"}, {"//app//x/", "/app/x"},
+                     {"/app/./x", "/app/x"}, {"/app/.git/x", "/app/.git/x"}, {"/.", "/"},
+                     {"/app/x.y/z", "/app/x.y/z"}} do
+    T.eq(clean(c[1]), c[2], c[1])
+  end
+  T.eq({clean("/app/../etc")}, {nil, "contains '..'"})
+  T.eq({clean("app")}, {nil, "is not an absolute path"})
+  T.eq({clean(5)}, {nil, "is not an absolute path"})
+end)
+
 T.test("binds: a host folder shown read-only or read-write", with_sandboxes(function(dir, new)
   fs.mkdir_p(dir .. "/tools")
   fs.write(dir .. "/tools/tool.sh", "echo tool")

@@ -3,16 +3,19 @@
 -- the level of the backend function's caller.
 local M = {}
 
--- Absolute path without ".", "//" or a trailing "/" (and its parts); nil, why for a relative path
--- or one with "..".
+-- Absolute path without ".", "//" or a trailing "/"; nil, why for a relative path or one with "..".
 function M.clean_path(p)
   if type(p) ~= "string" or p:sub(1, 1) ~= "/" then return nil, "is not an absolute path" end
+  -- already clean (most paths): no "//", no part starting with ".", no trailing "/"
+  if not p:find("//", 1, true) and not p:find("/.", 1, true) and (#p == 1 or p:sub(-1) ~= "/") then
+    return p
+  end
   local parts = {}
   for c in p:gmatch("[^/]+") do
     if c == ".." then return nil, "contains '..'" end
     if c ~= "." then parts[#parts + 1] = c end
   end
-  return "/" .. table.concat(parts, "/"), parts
+  return "/" .. table.concat(parts, "/")
 end
 
 -- tags = {name = value}: a copy with string values.

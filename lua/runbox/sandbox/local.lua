@@ -135,7 +135,12 @@ end
 
 -- Makes the registry folder. It and its parent must not be symlinks nor writable by others (unless
 -- sticky, like /tmp): /tmp/runbox-UID could have been prepared by another user.
+-- Folders already checked by this process (a batch creates hundreds of sandboxes); a failed
+-- entry write checks again, in case the folder went away meanwhile.
+local registry_checked = {}
+
 local function ensure_registry(dir)
+  if registry_checked[dir] then return true end
   local ok, err = fs.mkdir_p(dir, "700")
   if not ok then return fail(("cannot make the sandbox registry folder: %s"):format(err.message)) end
   for _, d in ipairs{dir, dir:match("^(.+)/[^/]+$")} do
@@ -145,6 +150,7 @@ local function ensure_registry(dir)
                    .. "or choose another with RUNBOX_SANDBOX_REGISTRY"):format(d))
     end
   end
+  registry_checked[dir] = true
   return true
 end
 
@@ -462,8 +468,14 @@ function M.create(opts)
     fs.remove(entry_path(registry, prev_state.id))
   end
   sb._entry = entry_path(registry, sb.id)
-  ok, err = write_json(sb._entry, {id = sb.id, backend = M.name, root = root, tags = tags,
-                                   created_at = sb.created_at, owner = sb._owner})
+  local entry = {id = sb.id, backend = M.name, root = root, tags = tags, created_at = sb.created_at,
+                 owner = sb._owner}
+  ok, err = write_json(sb._entry, entry)
+  if not ok and registry_checked[registry] then
+    registry_checked[registry] = nil
+    ok, err = ensure_registry(registry)
+    if ok then ok, err = write_json(sb._entry, entry) end
+  end
   if not ok then return undo(errors.new("sandbox", "cannot register the sandbox: " .. err.message)) end
   live[sb.id] = sb
   return sb

@@ -111,9 +111,12 @@ end
 
 ---------------------------------------------------------------------------------------------------
 -- JSON files: state and registry (written to a temp name then renamed: never torn; no fsync,
--- since they are advice that every reader double-checks against /proc)
+-- since they are advice that every reader double-checks against /proc). A file that did not
+-- exist before (fresh) is written in place: a reader that meets it half written skips it, as it
+-- would have skipped the file a moment earlier.
 
-local function write_json(path, value)
+local function write_json(path, value, fresh)
+  if fresh then return fs.write(path, json.pretty(value)) end
   local tmp = ("%s.tmp-%d"):format(path, util.pid())
   local ok, err = fs.write(tmp, json.pretty(value))
   if not ok then return nil, err end
@@ -306,9 +309,15 @@ local function state_of(sb)
           owner = sb._owner}
 end
 
-function Sandbox:_save()
+function Sandbox:_save(fresh)
   if self._removed then return true end
-  return write_json(self.root .. "/sandbox.json", state_of(self))
+  local path = self.root .. "/sandbox.json"
+  local ok, err = write_json(path, state_of(self), fresh)
+  if not ok then return nil, err end
+  -- exec reads the file again only when it changed: not for this process's own write
+  local st = fs.stat(path)
+  self._state_stamp = st and (st.mtime .. ":" .. st.size)
+  return true
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -461,7 +470,7 @@ function M.create(opts)
   local registry = M.registry_dir(opts)
   ok, err = ensure_registry(registry)
   if not ok then return undo(err) end
-  ok, err = sb:_save()
+  ok, err = sb:_save(prev_state == nil)
   if not ok then return undo(errors.new("sandbox", "cannot write the sandbox state: " .. err.message)) end
   -- a root reused after its sandbox died: that sandbox's stale registry entry goes
   if type(prev_state) == "table" and type(prev_state.id) == "string" and prev_state.id:match("^[%w][%w._-]*$") then
@@ -470,11 +479,11 @@ function M.create(opts)
   sb._entry = entry_path(registry, sb.id)
   local entry = {id = sb.id, backend = M.name, root = root, tags = tags, created_at = sb.created_at,
                  owner = sb._owner}
-  ok, err = write_json(sb._entry, entry)
+  ok, err = write_json(sb._entry, entry, true)
   if not ok and registry_checked[registry] then
     registry_checked[registry] = nil
     ok, err = ensure_registry(registry)
-    if ok then ok, err = write_json(sb._entry, entry) end
+    if ok then ok, err = write_json(sb._entry, entry, true) end
   end
   if not ok then return undo(errors.new("sandbox", "cannot register the sandbox: " .. err.message)) end
   live[sb.id] = sb

@@ -19,10 +19,15 @@ export CLK_TCK=$(getconf CLK_TCK)
 # The tasks: N/5 copies of each example task, renamed. Each copy stays a created task (so every run
 # prepares it), with the prepared task's repo (bundle path made absolute) and evaluation in its
 # tb_meta.json, so both sides run the same test scripts (add-slugify's default ones included).
+# The previous run's files (about 100,000) are moved aside, not deleted, and deleted only after
+# the measurements: on ext4, creating files stays dearer for minutes after that many were deleted
+# (runbox's system time per run went from 2 ms to 6-7 ms in the two batches that followed such a
+# deletion, and to 5.9 ms 35 s after deleting 32,000 files). Leave a few minutes between two runs
+# of this script for the same reason.
+old=""
 if [ -d "$W" ]; then
-  rm -rf "$W"
-  echo "cleared the previous run's files; waiting 35 s (see the note on deleting below)"
-  sleep 35
+  old=$SCRATCH/batch.old-$(date +%s)
+  mv "$W" "$old"
 fi
 mkdir -p "$W/tasks" "$W/prepared"
 for src in "$ROOT"/examples/tasks/*/; do
@@ -51,8 +56,7 @@ EOF
 
 # Rounds alternate the two sides (xargs first in odd rounds, runbox first in even ones), so that
 # load from anything else on the machine falls on both alike. Every run writes to a new folder and
-# nothing is deleted until the next time this script runs: on ext4 without a journal (this
-# machine's disk) creating files costs much more CPU for about 30 s after many were deleted.
+# nothing is deleted while the batches run (see the note on deleting above).
 busy() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8}' /proc/stat; }   # jiffies, whole machine
 run_side() {   # side round
   local t0 t1 b0 b1 load out=$W/out-$1-$2
@@ -83,3 +87,4 @@ done
 # the table: wall times and ratio, runbox's own CPU and memory per batch, and a check that both sides
 # did the same work (the same test scripts passing and failing for every task)
 "$RUNBOX" "$BENCH_DIR/batch_report.lua" "$W"
+if [ -n "$old" ]; then rm -rf "$old"; fi

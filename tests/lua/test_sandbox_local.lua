@@ -581,10 +581,12 @@ T.test("sandbox paths are cleaned the same way whether they need it or not", fun
   local clean = require("runbox.sandbox.checks").clean_path
   for _, c in ipairs{{"/", "/"}, {"/app", "/app"}, {"/app/", "/app"}, {"//app//x/", "/app/x"},
                      {"/app/./x", "/app/x"}, {"/app/.git/x", "/app/.git/x"}, {"/.", "/"},
-                     {"/app/x.y/z", "/app/x.y/z"}} do
+                     {"/app/x.y/z", "/app/x.y/z"}, {"/app/..x/y", "/app/..x/y"}, {"/app/.", "/app"},
+                     {"/app/./", "/app"}, {"/app/x/.", "/app/x"}} do
     T.eq(clean(c[1]), c[2], c[1])
   end
   T.eq({clean("/app/../etc")}, {nil, "contains '..'"})
+  T.eq({clean("/app/..")}, {nil, "contains '..'"})
   T.eq({clean("app")}, {nil, "is not an absolute path"})
   T.eq({clean(5)}, {nil, "is not an absolute path"})
 end)

@@ -6,8 +6,9 @@ local M = {}
 -- Absolute path without ".", "//" or a trailing "/"; nil, why for a relative path or one with "..".
 function M.clean_path(p)
   if type(p) ~= "string" or p:sub(1, 1) ~= "/" then return nil, "is not an absolute path" end
-  -- already clean (most paths): no "//", no part starting with ".", no trailing "/"
-  if not p:find("//", 1, true) and not p:find("/.", 1, true) and (#p == 1 or p:sub(-1) ~= "/") then
+  -- already clean (most paths): no "//", no "." or ".." part, no trailing "/"
+  if not p:find("//", 1, true) and not p:find("/%.%.?/") and not p:find("/%.%.?$")
+     and (#p == 1 or p:sub(-1) ~= "/") then
     return p
   end
   local parts = {}

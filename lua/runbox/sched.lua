@@ -484,14 +484,18 @@ local function deadlocked()
 end
 
 -- Runs ready tasks and polls the loop until done() is true.
+local spare_q = {}       -- the run queue's other table: the two take turns (no table per turn)
+
 local function run_until(done)
   while true do
     local q = runq
-    runq = {}
+    runq = spare_q
     for i = 1, #q do
       local e = q[i]
+      q[i] = nil
       if e[1].status == "ready" then step(e[1], e[2], e[3]) end
     end
+    spare_q = q
     if done() then return true end
     if deadlocked() then return false end
     -- poll even when tasks are ready (without waiting), so a task that keeps yielding cannot

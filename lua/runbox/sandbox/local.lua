@@ -157,6 +157,21 @@ local function ensure_registry(dir)
   return true
 end
 
+-- The registry folder's empty regular file, shown in place of host secrets (/dev/null would be
+-- unusable: nodev); one for every sandbox, in a folder only this user can write. Returns its path.
+local function registry_empty(dir)
+  for _ = 1, 2 do
+    local ok, err = ensure_registry(dir)
+    if not ok then return nil, err end
+    local empty = dir .. "/empty"
+    if fs.exists(empty) then return empty end
+    ok, err = fs.write(empty, "")
+    if ok then return empty end
+    registry_checked[dir] = nil      -- the folder went away since it was checked: once more
+    if _ == 2 then return fail(("cannot write the sandbox registry folder: %s"):format(err.message)) end
+  end
+end
+
 local function entry_path(dir, id) return dir .. "/" .. id .. ".json" end
 
 ---------------------------------------------------------------------------------------------------
@@ -444,11 +459,12 @@ function M.create(opts)
   end
   fs.chmod(root .. "/tmp", "700")
   fs.chmod(root .. "/home", "700")
-  -- an empty regular file shown in place of host secrets (/dev/null would be unusable: nodev)
-  local empty = root .. "/empty"
-  if not fs.exists(empty) then
-    ok, err = fs.write(empty, "")
-    if not ok then return fail(("cannot write the sandbox folder: %s"):format(err.message)) end
+  local registry = M.registry_dir(opts)
+  local empty
+  empty, err = registry_empty(registry)
+  if not empty then
+    if remove_root then fs.remove_tree(root) end
+    return nil, err
   end
 
   local sb = setmetatable({
@@ -457,7 +473,7 @@ function M.create(opts)
     created_at = util.time(), state = "running",
     _deadline = opts.timeout and sched.now() + opts.timeout,
     _execs = setmetatable({}, {__mode = "k"}), _binds = binds,
-    _remove_root = remove_root, _owner = self_rec(), _empty = root .. "/empty", _made = {},
+    _remove_root = remove_root, _owner = self_rec(), _empty = empty, _made = {},
   }, Sandbox)
   build_args(sb, opts)
 
@@ -466,9 +482,6 @@ function M.create(opts)
     return nil, e
   end
   ok, err = probe(sb)
-  if not ok then return undo(err) end
-  local registry = M.registry_dir(opts)
-  ok, err = ensure_registry(registry)
   if not ok then return undo(err) end
   ok, err = sb:_save(prev_state == nil)
   if not ok then return undo(errors.new("sandbox", "cannot write the sandbox state: " .. err.message)) end

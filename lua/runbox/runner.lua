@@ -174,11 +174,13 @@ function Run:setup(sb, t)
     end
     has_instructions = t.instructions_file == overlay .. "/LM_INSTRUCTIONS.md"
   else
-    for _, f in ipairs(assert(task.overlay_files(t))) do
+    -- made for the agent's eyes directly: the withheld files are not read, tb_meta.json is
+    -- encoded without the evaluation
+    local view = not whole and {skip = WITHHELD, drop = TRIMMED["tb_meta.json"]} or nil
+    for _, f in ipairs(assert(task.overlay_files(t, view))) do
       local name, content = f[1], f[2]
-      if whole or not WITHHELD[name] then
-        assert(sb:write_file("/app/" .. name, whole and content or for_agent(name, content)))
-      end
+      if name ~= "tb_meta.json" and not whole then content = for_agent(name, content) end
+      assert(sb:write_file("/app/" .. name, content))
       if name == "LM_INSTRUCTIONS.md" then has_instructions = content == t.instructions end
     end
   end

@@ -456,11 +456,12 @@ function M.prepare(created_dir, opts)
 end
 
 -- The files a run puts at /app: {{name, content}...}, the prepared task's overlay_files (for a
--- created task made in memory, as `prepare` would write them), or nil, err.
-function M.overlay_files(t)
+-- created task made in memory, as `prepare` would write them), or nil, err. opts: skip = {[name]
+-- = true} files left out (not even read), drop = keys left out of tb_meta.json.
+function M.overlay_files(t, opts)
   if type(t) ~= "table" or not t.dir then error("bad argument #1 to 'overlay_files' (task expected)", 2) end
   if t.kind == "created" then
-    local files, err = require("runbox.task.prepare").files_of(M, t)
+    local files, err = require("runbox.task.prepare").files_of(M, t, opts)
     if not files then return nil, err end
     local out = {}
     for _, f in ipairs(files) do

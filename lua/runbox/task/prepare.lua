@@ -12,16 +12,23 @@ local M = {}
 M.overlay = {"LM_INSTRUCTIONS.md", "repo_info.json", "diff.patch", "notes.md"}
 
 -- The prepared task's files as {relative path, content} pairs (tb_meta.json and overlay_files/).
-local function files_of(task, t)
-  local meta = json.pretty(task.prepared_meta(t)) .. "\n"
+-- opts (for a run's view of them): skip = {[name] = true} overlay files not to read at all,
+-- drop = keys of tb_meta.json left out.
+local function files_of(task, t, opts)
+  local prepared = task.prepared_meta(t)
+  for _, key in ipairs(opts and opts.drop or {}) do prepared[key] = nil end
+  local meta = json.pretty(prepared) .. "\n"
   local files = {{"tb_meta.json", meta}, {"overlay_files/tb_meta.json", meta}}
+  local skip = opts and opts.skip or {}
   for _, name in ipairs(M.overlay) do
-    local data, err = fs.read(t.dir .. "/" .. name)
-    if data then
-      files[#files + 1] = {"overlay_files/" .. name, data}
-    elseif err.reason ~= "not_found" then
-      return nil, errors.new("task", ("%s/%s: cannot read it (%s); fix its permissions"):format(t.dir, name, err.reason),
-                             {path = t.dir .. "/" .. name})
+    if not skip[name] then
+      local data, err = fs.read(t.dir .. "/" .. name)
+      if data then
+        files[#files + 1] = {"overlay_files/" .. name, data}
+      elseif err.reason ~= "not_found" then
+        return nil, errors.new("task", ("%s/%s: cannot read it (%s); fix its permissions"):format(t.dir, name, err.reason),
+                               {path = t.dir .. "/" .. name})
+      end
     end
   end
   return files

@@ -609,7 +609,7 @@ static void enc_object(encoder *e, int idx, const path_seg *at) {
         lua_insert(L, -2);
     }
     size_t n = e->nkeys - base;
-    sort_keys(e->keys + base, n);
+    if (n > 1) sort_keys(e->keys + base, n);   /* (no keys yet: e->keys may be NULL) */
     putc_(e, '{');
     e->depth++;
     for (size_t i = 0; i < n; i++) {

@@ -603,7 +603,6 @@ static void enc_object(encoder *e, int idx, const path_seg *at) {
             luaL_checkstack(L, 3, "JSON object keys");
             lua_pushlstring(L, tmp, len);
         }
-        k = &e->keys[e->nkeys - 1];
         k->s = lua_tolstring(L, -1, &k->n);        /* anchored on the stack, below the key */
         if (k->kind != KEY_STRING) { k->raw = k->s; k->rawn = k->n; }
         lua_insert(L, -2);

@@ -293,7 +293,7 @@ static int l_spawn(lua_State *L) {
     memset(p, 0, sizeof *p);
     p->pid = pid;
     p->limit = p->kill = p->poll = no_timer;
-    p->timed_out = 0; p->keep_group = keep_group; p->grace = grace;
+    p->keep_group = keep_group; p->grace = grace;
     p->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);   /* always close-on-exec */
     p->fds[0] = pin[1]; p->fds[1] = pout[0]; p->fds[2] = perr[0];
     if (pin[0] >= 0) close(pin[0]);

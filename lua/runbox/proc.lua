@@ -155,7 +155,7 @@ function Proc:running() return self._c:status() == nil end
 
 -- Kills the group if still running, waits for it, releases the pipes. Safe to call twice.
 function Proc:close()
-  if self._c:status() == nil then
+  if self:running() then
     self._c:kill(SIGKILL)
     wait_exit(self)
   end

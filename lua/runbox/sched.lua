@@ -173,7 +173,7 @@ end
 -- Starts fn(...) as a new task; returns the task. t:wait() gives its results.
 function M.spawn(fn, ...)
   task_count = task_count + 1
-  local t = setmetatable({num = task_count, status = "ready", joiners = {}, scopes = 0, shielded = 0}, Task)
+  local t = setmetatable({num = task_count, status = "ready", joiners = {}, shielded = 0}, Task)
   local args = pack(...)
   t.co = co_create(function()
     return finish(t, xpcall(fn, trace, unpack(args, 1, args.n)))

@@ -138,8 +138,8 @@ end
 
 -- Makes the registry folder. It and its parent must not be symlinks nor writable by others (unless
 -- sticky, like /tmp): /tmp/runbox-UID could have been prepared by another user.
--- Folders already checked by this process (a batch creates hundreds of sandboxes); a failed
--- entry write checks again, in case the folder went away meanwhile.
+-- Folders already checked by this process (a batch creates hundreds of sandboxes); registry_empty
+-- checks again when the folder went away meanwhile.
 local registry_checked = {}
 
 local function ensure_registry(dir)
@@ -159,17 +159,16 @@ end
 
 -- The registry folder's empty regular file, shown in place of host secrets (/dev/null would be
 -- unusable: nodev); one for every sandbox, in a folder only this user can write. Returns its path.
-local function registry_empty(dir)
-  for _ = 1, 2 do
-    local ok, err = ensure_registry(dir)
-    if not ok then return nil, err end
-    local empty = dir .. "/empty"
-    if fs.exists(empty) then return empty end
-    ok, err = fs.write(empty, "")
-    if ok then return empty end
-    registry_checked[dir] = nil      -- the folder went away since it was checked: once more
-    if _ == 2 then return fail(("cannot write the sandbox registry folder: %s"):format(err.message)) end
-  end
+local function registry_empty(dir, again)
+  local ok, err = ensure_registry(dir)
+  if not ok then return nil, err end
+  local empty = dir .. "/empty"
+  if fs.exists(empty) then return empty end
+  ok, err = fs.write(empty, "")
+  if ok then return empty end
+  if again then return fail(("cannot write the sandbox registry folder: %s"):format(err.message)) end
+  registry_checked[dir] = nil        -- the folder went away since it was checked: once more
+  return registry_empty(dir, true)
 end
 
 local function entry_path(dir, id) return dir .. "/" .. id .. ".json" end
@@ -490,14 +489,8 @@ function M.create(opts)
     fs.remove(entry_path(registry, prev_state.id))
   end
   sb._entry = entry_path(registry, sb.id)
-  local entry = {id = sb.id, backend = M.name, root = root, tags = tags, created_at = sb.created_at,
-                 owner = sb._owner}
-  ok, err = write_json(sb._entry, entry, true)
-  if not ok and registry_checked[registry] then
-    registry_checked[registry] = nil
-    ok, err = ensure_registry(registry)
-    if ok then ok, err = write_json(sb._entry, entry, true) end
-  end
+  ok, err = write_json(sb._entry, {id = sb.id, backend = M.name, root = root, tags = tags,
+                                   created_at = sb.created_at, owner = sb._owner}, true)
   if not ok then return undo(errors.new("sandbox", "cannot register the sandbox: " .. err.message)) end
   live[sb.id] = sb
   return sb

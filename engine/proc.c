@@ -1,4 +1,4 @@
-/* Child processes: posix_spawn into their own process group, non-blocking pipes, a pidfd to learn
+/* Child processes: started into their own process group (launch.c), non-blocking pipes, a pidfd to learn
  * of the exit through the loop. runbox.c.proc is the low level; lua/runbox/proc.lua the public API.
  *
  * The exit is handled here, not by a Lua task per process: the pidfd's loop callback reaps the
@@ -9,12 +9,12 @@
  * Every live child is on a list; at exit (rb_proc_reap_all) each remaining group is killed and
  * reaped, so no child outlives runbox and no zombie is left. */
 #define _GNU_SOURCE
+#include "launch.h"
 #include "loop.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdint.h>
 #include <sys/epoll.h>
 #include <stdlib.h>
@@ -41,6 +41,14 @@ typedef struct proc {
     double grace;            /* seconds from SIGTERM to SIGKILL at the time limit */
     rb_timer limit, kill, poll;   /* slot -1: not running */
     rb_id *waiters; int nwait, capwait;   /* loop ids to notify at the exit */
+    struct capture {          /* a stream the engine reads itself (p:capture), by stream index */
+        char *buf; size_t len, cap;
+        size_t limit;         /* bytes kept from the end; 0: all */
+        uint64_t dropped;     /* bytes cut from the front to keep the limit */
+        int on;
+    } cap[3];
+    rb_id *done; int ndone, capdone;      /* ids to notify once exited and every capture ended */
+    int grown;                /* bit per stream: its pipe was enlarged after a full read */
     int ref;                 /* registry reference while running, else LUA_NOREF */
     struct proc *prev, *next;
 } proc;
@@ -72,6 +80,29 @@ static void close_fd(int *fd) {
     if (*fd >= 0) { rb_forget_fd(*fd); close(*fd); *fd = -1; }
 }
 
+/* Appends id to a growable id list; 0 on success. */
+static int push_id(rb_id **list, int *n, int *cap, rb_id id) {
+    if (*n == *cap) {
+        int c = *cap ? 2 * *cap : 2;
+        rb_id *w = realloc(*list, sizeof(rb_id) * (size_t)c);
+        if (!w) return -1;
+        *list = w; *cap = c;
+    }
+    (*list)[(*n)++] = id;
+    return 0;
+}
+
+static int capturing(const proc *p) {
+    return (p->cap[1].on && p->fds[1] >= 0) || (p->cap[2].on && p->fds[2] >= 0);
+}
+
+/* Wakes the collect waiters once the child is reaped and every captured stream has ended. */
+static void check_done(proc *p) {
+    if (!p->exited || capturing(p) || !p->ndone) return;
+    for (int i = 0; i < p->ndone; i++) rb_notify(p->done[i]);
+    p->ndone = 0;
+}
+
 /* Reaps the child if it has exited (flags: WNOHANG to only look). Returns 1 once it is reaped.
  * Without a pidfd (pidfd_open can fail, e.g. under valgrind) waitid on the pid does the job. An
  * error other than EINTR marks the child gone, so nothing can loop on a child that is not ours. */
@@ -94,6 +125,7 @@ static int try_reap(proc *p, int flags) {
     if (!p->keep_group) kill(-p->pid, SIGKILL);   /* what it left behind in its group */
     for (int i = 0; i < p->nwait; i++) rb_notify(p->waiters[i]);
     free(p->waiters); p->waiters = NULL; p->nwait = p->capwait = 0;
+    check_done(p);
     if (p->ref != LUA_NOREF) {
         if (ndead == capdead) {
             int n = capdead ? 2 * capdead : 16;
@@ -218,9 +250,63 @@ static char **build_env(lua_State *L, int *count) {
 /* Only runbox's end is non-blocking: the child gets ordinary blocking stdio. */
 static int pipe_pair(int p[2], int parent_end) {
     if (pipe2(p, O_CLOEXEC) < 0) return -1;
+    for (int i = 0; i < 2; i++)      /* launch.c wants the child's ends above 0, 1 and 2 */
+        if (p[i] < 3) {
+            int fd = fcntl(p[i], F_DUPFD_CLOEXEC, 3);
+            if (fd < 0) { int e = errno; close(p[0]); close(p[1]); errno = e; return -1; }
+            close(p[i]);
+            p[i] = fd;
+        }
     fcntl(p[parent_end], F_SETFL, O_NONBLOCK);
-    if (parent_end == 0) fcntl(p[0], F_SETPIPE_SZ, 1 << 20);   /* fewer wake-ups on busy output */
     return 0;
+}
+
+/* A read that found the pipe full (64 KiB, the default size) means busy output: the pipe grows to
+ * 1 MiB once, for fewer wake-ups. Not done up front: most commands print little, and a large
+ * pipe costs its allocation and release on every process. */
+#define PIPE_DEFAULT (64 * 1024)
+static void grow_pipe(proc *p, int s, ssize_t n) {
+    if (n < PIPE_DEFAULT || (p->grown & (1 << s))) return;
+    p->grown |= 1 << s;
+    fcntl(p->fds[s], F_SETPIPE_SZ, 1 << 20);
+}
+
+/* One shared read buffer (the engine has one thread): as large as a grown pipe. */
+static char shared[1 << 20];
+
+/* Appends to a capture, keeping at most the last 2 * limit bytes (trimmed to limit when over). */
+static int capture_add(struct capture *c, const char *data, size_t n) {
+    if (c->len + n > c->cap) {
+        size_t want = c->cap ? c->cap : 4096;
+        while (want < c->len + n) want *= 2;
+        char *b = realloc(c->buf, want);
+        if (!b) return -1;
+        c->buf = b; c->cap = want;
+    }
+    memcpy(c->buf + c->len, data, n);
+    c->len += n;
+    if (c->limit && c->len > 2 * c->limit) {
+        size_t cut = c->len - c->limit;
+        memmove(c->buf, c->buf + cut, c->limit);
+        c->len = c->limit;
+        c->dropped += cut;
+    }
+    return 0;
+}
+
+/* The loop callback of a captured stream: reads what is there; at the end closes it. */
+static void on_capture(int fd, uint32_t events, void *ud) {
+    (void)events;
+    proc *p = ud;
+    int s = fd == p->fds[1] ? 1 : 2;
+    ssize_t n = read(fd, shared, sizeof shared);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (n > 0) {
+        grow_pipe(p, s, n);
+        if (capture_add(&p->cap[s], shared, (size_t)n) == 0) return;
+    }
+    close_fd(&p->fds[s]);     /* the end, a read error or no memory: the stream is over */
+    check_done(p);
 }
 
 static int l_spawn(lua_State *L) {
@@ -255,46 +341,29 @@ static int l_spawn(lua_State *L) {
     if (timeout != timeout) timeout = 0;   /* NaN: no time at all */
     release_refs(L);
 
-    posix_spawn_file_actions_t fa;
-    posix_spawnattr_t attr;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawnattr_init(&attr);
     int pin[2] = {-1, -1}, pout[2] = {-1, -1}, perr[2] = {-1, -1};
+    rb_launch launch = {.argv = argv, .envp = envp, .cwd = cwd,
+                        .stdio = {RB_STDIO_NULL, RB_STDIO_NULL, RB_STDIO_NULL}};
     int rc = 0;
-
-    if (!strcmp(in, "pipe")) { if (pipe_pair(pin, 1) < 0) { rc = errno; goto fail; } posix_spawn_file_actions_adddup2(&fa, pin[0], 0); }
-    else if (!strcmp(in, "null")) posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    if (!strcmp(out, "pipe")) { if (pipe_pair(pout, 0) < 0) { rc = errno; goto fail; } posix_spawn_file_actions_adddup2(&fa, pout[1], 1); }
-    else if (!strcmp(out, "null")) posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-    if (!strcmp(err, "pipe")) { if (pipe_pair(perr, 0) < 0) { rc = errno; goto fail; } posix_spawn_file_actions_adddup2(&fa, perr[1], 2); }
-    else if (!strcmp(err, "null")) posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-    else if (!strcmp(err, "stdout")) posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    if (cwd) posix_spawn_file_actions_addchdir_np(&fa, cwd);
-    posix_spawn_file_actions_addclosefrom_np(&fa, 3);
-
-    /* own process group; signals unblocked and at their defaults (runbox blocks and ignores some) */
-    sigset_t none, defaults;
-    sigemptyset(&none);
-    sigemptyset(&defaults);
-    sigaddset(&defaults, SIGINT); sigaddset(&defaults, SIGTERM); sigaddset(&defaults, SIGHUP);
-    sigaddset(&defaults, SIGPIPE); sigaddset(&defaults, SIGQUIT);
-    posix_spawnattr_setpgroup(&attr, 0);
-    posix_spawnattr_setsigmask(&attr, &none);
-    posix_spawnattr_setsigdefault(&attr, &defaults);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    if (!strcmp(in, "pipe")) { if (pipe_pair(pin, 1) < 0) { rc = errno; goto fail; } launch.stdio[0] = pin[0]; }
+    else if (!strcmp(in, "inherit")) launch.stdio[0] = RB_STDIO_INHERIT;
+    if (!strcmp(out, "pipe")) { if (pipe_pair(pout, 0) < 0) { rc = errno; goto fail; } launch.stdio[1] = pout[1]; }
+    else if (!strcmp(out, "inherit")) launch.stdio[1] = RB_STDIO_INHERIT;
+    if (!strcmp(err, "pipe")) { if (pipe_pair(perr, 0) < 0) { rc = errno; goto fail; } launch.stdio[2] = perr[1]; }
+    else if (!strcmp(err, "inherit")) launch.stdio[2] = RB_STDIO_INHERIT;
+    else if (!strcmp(err, "stdout")) launch.stdio[2] = RB_STDIO_STDOUT;
 
     pid_t pid;
-    rc = posix_spawnp(&pid, argv[0], &fa, &attr, (char *const *)argv, envp);
+    int pidfd;
+    rc = rb_launch_start(&launch, &pid, &pidfd);
     if (rc != 0) goto fail;
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&attr);
 
     proc *p = lua_newuserdatauv(L, sizeof(proc), 1);
     memset(p, 0, sizeof *p);
     p->pid = pid;
     p->limit = p->kill = p->poll = no_timer;
     p->keep_group = keep_group; p->grace = grace;
-    p->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);   /* always close-on-exec */
+    p->pidfd = pidfd;
     p->fds[0] = pin[1]; p->fds[1] = pout[0]; p->fds[2] = perr[0];
     if (pin[0] >= 0) close(pin[0]);
     if (pout[1] >= 0) close(pout[1]);
@@ -313,8 +382,6 @@ static int l_spawn(lua_State *L) {
     return 1;
 
 fail:
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&attr);
     for (int i = 0; i < 2; i++) {
         if (pin[i] >= 0) close(pin[i]);
         if (pout[i] >= 0) close(pout[i]);
@@ -351,10 +418,10 @@ static int l_read(lua_State *L) {
     if (s == 0) return luaL_argerror(L, 2, "cannot read stdin");
     if (max <= 0) return luaL_argerror(L, 3, "must be positive");
     if (p->fds[s] < 0) { lua_pushliteral(L, ""); return 1; }
-    /* One shared buffer (the engine has one thread): a fresh box per read cost an allocation,
-       and for read_all's 1 MiB reads an mmap, page faults and a munmap on every chunk. It is as
-       large as the pipes (see pipe_pair); its pages are touched only as far as reads fill it. */
-    static char shared[1 << 20];
+    if (p->cap[s].on) return luaL_error(L, "%s is captured by the engine: use p:collect()", s == 1 ? "stdout" : "stderr");
+    /* The shared buffer: a fresh box per read cost an allocation, and for read_all's 1 MiB reads
+       an mmap, page faults and a munmap on every chunk; its pages are touched only as far as
+       reads fill it. */
     luaL_Buffer b;
     char *buf = (size_t)max <= sizeof shared ? shared : luaL_buffinitsize(L, &b, (size_t)max);
     ssize_t n = read(p->fds[s], buf, (size_t)max);
@@ -365,6 +432,7 @@ static int l_read(lua_State *L) {
     if (buf == shared) lua_pushlstring(L, buf, (size_t)n);
     else luaL_pushresultsize(&b, (size_t)n);
     if (n == 0) close_fd(&p->fds[s]);
+    else grow_pipe(p, s, n);
     return 1;
 }
 
@@ -415,16 +483,50 @@ static int l_exit_watch(lua_State *L) {
 static int l_exit_id(lua_State *L) {
     proc *p = check(L);
     if (p->exited) { lua_pushnil(L); return 1; }
-    if (p->nwait == p->capwait) {
-        int n = p->capwait ? 2 * p->capwait : 2;
-        rb_id *w = realloc(p->waiters, sizeof(rb_id) * (size_t)n);
-        if (!w) return luaL_error(L, "out of memory");
-        p->waiters = w; p->capwait = n;
-    }
     rb_id id = rb_new_id();
-    p->waiters[p->nwait++] = id;
+    if (push_id(&p->waiters, &p->nwait, &p->capwait, id) < 0) return luaL_error(L, "out of memory");
     lua_pushinteger(L, (lua_Integer)id);
     return 1;
+}
+
+/* p:capture(stream, limit): the engine reads the stream itself from now on, keeping the last
+ * limit bytes (0 or none: all), with no Lua per chunk. A stream that is not piped captures "". */
+static int l_capture(lua_State *L) {
+    proc *p = check(L);
+    int s = stream_index(L, 2);
+    lua_Integer limit = luaL_optinteger(L, 3, 0);
+    if (s == 0) return luaL_argerror(L, 2, "stdin cannot be captured");
+    if (limit < 0) return luaL_argerror(L, 3, "must be 0 (all) or positive");
+    struct capture *c = &p->cap[s];
+    if (c->on) return 0;
+    c->on = 1; c->limit = (size_t)limit;
+    if (p->fds[s] >= 0 && rb_fd_callback(p->fds[s], EPOLLIN, on_capture, p) < 0)
+        return luaL_error(L, "cannot watch %s: %s", s == 1 ? "stdout" : "stderr", strerror(errno));
+    return 0;
+}
+
+/* p:collect_id() -> a loop id notified once the process has exited and its captured streams have
+ * ended, or nil when that is so already */
+static int l_collect_id(lua_State *L) {
+    proc *p = check(L);
+    release_refs(L);
+    if (p->exited && !capturing(p)) { lua_pushnil(L); return 1; }
+    rb_id id = rb_new_id();
+    if (push_id(&p->done, &p->ndone, &p->capdone, id) < 0) return luaL_error(L, "out of memory");
+    lua_pushinteger(L, (lua_Integer)id);
+    return 1;
+}
+
+/* p:captured(stream) -> text, bytes dropped from its front. The buffer is handed over: a second
+ * call returns what came since. */
+static int l_captured(lua_State *L) {
+    proc *p = check(L);
+    struct capture *c = &p->cap[stream_index(L, 2)];
+    lua_pushlstring(L, c->buf ? c->buf : "", c->len);
+    lua_pushinteger(L, (lua_Integer)c->dropped);
+    free(c->buf);
+    c->buf = NULL; c->len = c->cap = 0;
+    return 2;
 }
 
 /* p:kill(signo, group) -> true | nil, err. Signals the whole process group unless group is false. */
@@ -446,8 +548,13 @@ static int l_destroy(lua_State *L) {
     proc *p = check(L);
     kill_and_reap(p);
     release_refs(L);
-    for (int i = 0; i < 3; i++) close_fd(&p->fds[i]);
+    for (int i = 0; i < 3; i++) {
+        close_fd(&p->fds[i]);
+        free(p->cap[i].buf);
+        p->cap[i].buf = NULL; p->cap[i].len = p->cap[i].cap = 0;
+    }
     close_fd(&p->pidfd);
+    free(p->done); p->done = NULL; p->ndone = p->capdone = 0;
     return 0;
 }
 
@@ -475,7 +582,8 @@ static int l_kill_pid(lua_State *L) {
 int luaopen_runbox_c_proc(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"fd", l_fd}, {"read", l_read}, {"write", l_write}, {"close_stream", l_close_stream},
-        {"status", l_status}, {"exit_id", l_exit_id}, {"exit_watch", l_exit_watch}, {"kill", l_kill}, {"pid", l_pid},
+        {"status", l_status}, {"exit_id", l_exit_id}, {"capture", l_capture}, {"collect_id", l_collect_id},
+        {"captured", l_captured}, {"exit_watch", l_exit_watch}, {"kill", l_kill}, {"pid", l_pid},
         {"destroy", l_destroy}, {NULL, NULL}};
     luaL_newmetatable(L, PROC_MT);
     luaL_newlib(L, methods);

@@ -113,6 +113,36 @@ function Proc:read_all(stream)
   return table.concat(parts)
 end
 
+-- Runs the process to its end with the engine reading stdout and stderr itself (no task or Lua
+-- per chunk). opts: limit (bytes kept from the end of each stream; default all), timeout
+-- (seconds to wait; then nil, err and the process keeps running). Returns {code=, how=, stdout=,
+-- stderr=, signal=, timed_out=, stdout_dropped=, stderr_dropped=} (dropped: bytes cut from the
+-- front to keep the limit). Do not read the streams yourself meanwhile.
+function Proc:collect(opts)
+  local limit = opts and opts.limit or 0
+  local c = self._c
+  c:capture("stdout", limit)
+  c:capture("stderr", limit)
+  local function done()
+    while true do
+      local id = c:collect_id()
+      if not id then return end
+      sched.wait_id(id)
+    end
+  end
+  if opts and opts.timeout then
+    local ok, err = sched.timeout(opts.timeout, done)
+    if not ok then return nil, err end
+  else
+    done()
+  end
+  local code, how = self:wait()
+  local out, out_dropped = c:captured("stdout")
+  local err, err_dropped = c:captured("stderr")
+  return {code = code, how = how, stdout = out, stderr = err, signal = self.signal,
+          timed_out = how == "timeout", stdout_dropped = out_dropped, stderr_dropped = err_dropped}
+end
+
 -- Writes all of data to stdin (parks while the pipe is full). true, or nil, err.
 function Proc:write(data)
   local off = 0
@@ -168,18 +198,55 @@ Proc.__close = Proc.close
 -- group). true, or nil, err; a process that is already gone counts as done.
 function M.kill_pid(pid, sig) return cproc.kill_pid(pid, sig or SIGTERM) end
 
+-- Proc:collect for any process with read(stream) and wait() (a remote sandbox's exec too): the
+-- engine's own when it has one, else a task per stream reads. What was read before a timeout is
+-- kept on the process: a later call goes on from there.
+function M.collect(p, opts)
+  if p.collect then return p:collect(opts) end
+  local limit = opts and opts.limit or 0
+  p._collected = p._collected or {stdout = {parts = {}, size = 0, dropped = 0},
+                                  stderr = {parts = {}, size = 0, dropped = 0}}
+  local function read_stream(stream)
+    local st = p._collected[stream]
+    while true do
+      local chunk, err = p:read(stream)
+      if err then error(err, 0) end
+      if not chunk then break end
+      st.parts[#st.parts + 1] = chunk
+      st.size = st.size + #chunk
+      if limit > 0 and st.size > 2 * limit then
+        local s = table.concat(st.parts)
+        st.dropped = st.dropped + #s - limit
+        st.parts, st.size = {s:sub(-limit)}, limit
+      end
+    end
+    return table.concat(st.parts), st.dropped
+  end
+  local function all()
+    local errtask = sched.spawn(read_stream, "stderr")
+    local guard <close> = setmetatable({}, {__close = function() errtask:cancel("collect ended") end})
+    local out, out_dropped = read_stream("stdout")
+    local ok, err, err_dropped = errtask:wait()
+    if not ok then error(err, 0) end
+    local code, how = p:wait()
+    return {code = code, how = how, stdout = out, stderr = err, signal = p.signal, timed_out = how == "timeout",
+            stdout_dropped = out_dropped, stderr_dropped = err_dropped}
+  end
+  if not (opts and opts.timeout) then return all() end
+  local ok, r = sched.timeout(opts.timeout, all)
+  if not ok then return nil, r end
+  return r
+end
+
 -- Runs a command to its end, collecting stdout and stderr (read concurrently).
 -- Returns {code=, how=, stdout=, stderr=, signal=, timed_out=} or nil, err when it cannot start.
 function M.run(cmd)
   local p, err = M.spawn(cmd)
   if not p then return nil, err end
   local guard <close> = p
-  local errtask = sched.spawn(function() return p:read_all("stderr") end)
-  local out = p:read_all("stdout")
-  local _, stderr = errtask:wait()
-  local code, how = p:wait()
-  return {code = code, how = how, stdout = out, stderr = stderr or "", signal = p.signal,
-          timed_out = how == "timeout"}
+  local r = p:collect()
+  return {code = r.code, how = r.how, stdout = r.stdout, stderr = r.stderr, signal = r.signal,
+          timed_out = r.timed_out}
 end
 
 -- Runs a shell command line (bash -c) to its end; like run.

@@ -9,6 +9,7 @@
 -- the runbox.proc API (read, wait, close); every sandbox backend qualifies.
 local sched = require "runbox.sched"
 local errors = require "runbox.errors"
+local proc = require "runbox.proc"
 
 local M = {}
 
@@ -68,41 +69,19 @@ end
 ---------------------------------------------------------------------------------------------------
 -- bounded output
 
--- Keeps the last `limit` bytes of a stream and counts what was dropped.
-local function tail(limit)
-  local t = {parts = {}, size = 0, dropped = 0, limit = limit}
-  function t.add(chunk)
-    t.parts[#t.parts + 1] = chunk
-    t.size = t.size + #chunk
-    if t.size > 2 * limit then
-      local s = table.concat(t.parts)
-      t.dropped = t.dropped + #s - limit
-      t.parts, t.size = {s:sub(-limit)}, limit
-    end
+-- The kept end of a stream (at most `limit` bytes, starting at a line boundary when something was
+-- cut), with a note of what was cut; `dropped` bytes were cut already.
+local function tail_text(s, dropped, limit)
+  if #s > limit then
+    dropped = dropped + #s - limit
+    s = s:sub(-limit)
   end
-  function t.text()
-    local s = table.concat(t.parts)
-    if #s > limit then
-      t.dropped = t.dropped + #s - limit
-      s = s:sub(-limit)
-    end
-    if t.dropped > 0 then
-      -- start at a line boundary so the kept text begins with a whole line
-      local nl = s:find("\n", 1, true)
-      if nl and nl < #s then t.dropped, s = t.dropped + nl, s:sub(nl + 1) end
-      s = ("[... %d bytes of output cut; the last %d bytes follow ...]\n"):format(t.dropped, #s) .. s
-    end
-    return s
+  if dropped > 0 then
+    local nl = s:find("\n", 1, true)
+    if nl and nl < #s then dropped, s = dropped + nl, s:sub(nl + 1) end
+    s = ("[... %d bytes of output cut; the last %d bytes follow ...]\n"):format(dropped, #s) .. s
   end
-  return t
-end
-
-local function pump(p, stream, into)
-  while true do
-    local chunk = p:read(stream)
-    if not chunk then return end
-    into.add(chunk)
-  end
+  return s
 end
 
 local function close(p)
@@ -143,25 +122,25 @@ local function run_cmd(sb, argv, o, stdin, timeout)
   -- stdin goes through a pipe (a string option would be ambiguous for a file saying "pipe")
   local p, err = sb:exec(argv, {cwd = o.repo, env = merged_env(o), stdin = stdin and "pipe" or nil, timeout = timeout})
   if not p then return nil, err end
-  local guard <close> = setmetatable({}, {__close = function() close(p) end})
-  local out, errb = tail(o.output_limit), tail(o.output_limit)
-  local ok, code, how = sched.timeout(timeout + o.grace, sched.scope, function(s)
-    if stdin then
-      s:spawn(function()
-        p:write(stdin)      -- a reader that exits early makes this fail: its exit status says why
-        p:close_stdin()
-      end)
-    end
-    s:spawn(pump, p, "stderr", errb)
-    pump(p, "stdout", out)
-    return p:wait()
+  local feeder = stdin and sched.spawn(function()
+    p:write(stdin)      -- a reader that exits early makes this fail: its exit status says why
+    p:close_stdin()
   end)
-  if not ok then
-    -- the backend did not stop it at its limit: runbox does
+  local guard <close> = setmetatable({}, {__close = function()
+    if feeder then feeder:cancel("command ended") end
+    close(p)
+  end})
+  local r = proc.collect(p, {limit = o.output_limit, timeout = timeout + o.grace})
+  local code, how = r and r.code, r and r.how
+  if not r then
+    -- the backend did not stop it at its limit: runbox does, and keeps what it printed
     pcall(p.kill, p, 9)
+    r = proc.collect(p, {limit = o.output_limit, timeout = 5}) or {stdout = "", stderr = ""}
     code, how = nil, "timeout"
   end
-  return {code = code, how = how, stdout = out.text(), stderr = errb.text(), secs = sched.now() - t0}
+  return {code = code, how = how, secs = sched.now() - t0,
+          stdout = tail_text(r.stdout, r.stdout_dropped or 0, o.output_limit),
+          stderr = tail_text(r.stderr, r.stderr_dropped or 0, o.output_limit)}
 end
 
 local function join_output(r)

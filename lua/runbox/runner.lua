@@ -15,6 +15,7 @@ local json = require "runbox.json"
 local util = require "runbox.util"
 local sched = require "runbox.sched"
 local errors = require "runbox.errors"
+local proc = require "runbox.proc"
 
 local M = {}
 
@@ -34,16 +35,12 @@ local function sh(sb, line, opts)
                                                 timeout = opts.timeout or 120})
   if not p then return nil, err end
   local guard <close> = p
-  local errtask = sched.spawn(function() return p:read_all("stderr") end)
-  local out, rerr = p:read_all("stdout")
-  local tok, stderr, serr = errtask:wait()
-  if not tok then stderr, serr = nil, stderr end
-  local code, how = p:wait()
-  if not out or not stderr or not code then
-    -- a remote exec whose output or status was lost: the cause, not a nil further on
-    return nil, rerr or serr or how or errors.new("sandbox", "the command's output or exit status was lost")
+  local r = proc.collect(p)      -- a stream that cannot be read raises
+  if not r.code then
+    -- a remote exec whose exit status was lost: the cause, not a nil further on
+    return nil, r.how or errors.new("sandbox", "the command's exit status was lost")
   end
-  return {code = code, how = how, stdout = out, stderr = stderr}
+  return {code = r.code, how = r.how, stdout = r.stdout, stderr = r.stderr}
 end
 
 local GIT_ID = "git -c user.email=runbox@localhost -c user.name=runbox"
@@ -211,10 +208,8 @@ function Run:setup(sb, t)
                            {cwd = "/app", env = require("runbox.task.clone").env(), timeout = 600})
     if not p then return nil, err end
     local guard <close> = p
-    local errtask = sched.spawn(function() return p:read_all("stderr") end)
-    p:read_all("stdout")
-    local _, stderr = errtask:wait()
-    local code = p:wait()
+    local r = proc.collect(p)
+    local code, stderr = r.code, r.stderr
     if code ~= 0 then
       local last = tostring(stderr or ""):match("([^\n]*%S[^\n]*)\n?$") or "no output"
       return nil, errors.new("task", ("%s: %s: %s '%s' (%s)"):format(t.meta_file,
@@ -490,6 +485,9 @@ function M.run(opts)
     if self.error then self.console:error("%s: %s", self.status, self.error) end
     print("Run artifacts in: " .. self.dir)
   end
+  -- the run's log files are closed now, not when the collector finds them: a batch would hold
+  -- dozens open, and every process it starts copies them all
+  for _, sink in ipairs{self.setup_log, self.agent_log, self.eval_log, self.console} do sink:close() end
   return results, {dir = self.dir, evaluation = self.evaluation, test_results = self.test_results, finished = finished}
 end
 

@@ -1,9 +1,12 @@
 /* runbox command line: scripts, -e code, stock recipes, the REPL. */
 #include "runtime.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <lauxlib.h>
 
 static void usage(FILE *to, lua_State *L) {
@@ -46,7 +49,18 @@ static int is_file(const char *p) {
     return stat(p, &st) == 0 && S_ISREG(st.st_mode);
 }
 
+/* Started with stdin, stdout or stderr closed, runbox's own first fds (the event loop's) would
+ * take those numbers, and a child that inherits stdio would get them: /dev/null holds them. */
+static void hold_stdio(void) {
+    for (int fd = 0; fd < 3; fd++)
+        if (fcntl(fd, F_GETFD) < 0 && errno == EBADF) {
+            int n = open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
+            if (n >= 0 && n != fd) { dup2(n, fd); close(n); }
+        }
+}
+
 int main(int argc, char **argv) {
+    hold_stdio();
     if (argc < 2) { usage(stderr, NULL); return 2; }
     const char *a = argv[1];
     if (!strcmp(a, "--version") || !strcmp(a, "-v")) { printf("runbox %s\n", RUNBOX_VERSION); return 0; }

@@ -186,4 +186,67 @@ T.test("several tasks can wait for the same process", function()
   T.eq({p:wait()}, {4, "exit"}, "and again once it has ended")
 end)
 
+T.test("collect: the engine reads both streams to the end; a limit keeps each stream's end", function()
+  -- 3 MiB on stdout (the pipe grows after a full read), a little on stderr, exact content kept
+  local p <close> = assert(proc.spawn{"sh", "-c", "head -c 3145728 /dev/zero | tr '\\0' x; echo done >&2; exit 2"})
+  local r = assert(p:collect())
+  T.eq({r.code, r.how, #r.stdout, r.stderr, r.stdout_dropped}, {2, "exit", 3145728, "done\n", 0})
+  T.ok(not r.stdout:find("[^x]"), "every byte arrived as written")
+  -- with a limit: the last bytes of each stream and how many were cut before them
+  local q <close> = assert(proc.spawn{"sh", "-c", "seq 1 100000; seq 1 10 >&2"})
+  local t = assert(q:collect{limit = 1000})
+  T.ok(#t.stdout >= 1000 and #t.stdout <= 2000, "kept between limit and twice the limit: " .. #t.stdout)
+  T.eq(t.stdout:sub(-7), "100000\n")
+  T.eq(t.stdout_dropped + #t.stdout, #table.concat((function()
+    local all = {} for i = 1, 100000 do all[i] = i .. "\n" end return all end)()))
+  T.eq({t.stderr, t.stderr_dropped}, {"1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n", 0})
+end)
+
+T.test("collect: a timeout returns an error and leaves the process running; reading a captured stream is refused", function()
+  local p <close> = assert(proc.spawn{"sh", "-c", "echo early; sleep 5; echo late"})
+  local r, err = p:collect{timeout = 0.3}
+  T.eq(r, nil)
+  T.ok(errors.is(err, "timeout"), tostring(err))
+  T.ok(p:running())
+  T.raises("captured by the engine", p.read, p, "stdout")
+  p:kill(9)
+  local again = assert(p:collect())
+  T.eq({again.stdout, again.how}, {"early\n", "signal"}, "what came before the timeout is kept")
+end)
+
+T.test("proc.collect reads a process object that has only read and wait (a remote exec)", function()
+  local chunks = {stdout = {"a", "b", "c"}, stderr = {"e"}}
+  local fake = {read = function(_, stream)
+                  sched.sleep(0.01)
+                  return table.remove(chunks[stream], 1)
+                end,
+                wait = function() return 0, "exit" end}
+  local r = assert(proc.collect(fake, {limit = 2}))
+  T.eq({r.code, r.stdout, r.stdout_dropped, r.stderr}, {0, "abc", 0, "e"})
+  local slow = {read = function() sched.sleep(10) end, wait = function() return 0, "exit" end}
+  local none, err = proc.collect(slow, {timeout = 0.1})
+  T.eq(none, nil)
+  T.ok(errors.is(err, "timeout"))
+end)
+
+T.test("started with its stdin, stdout and stderr closed, runbox gives children /dev/null, not its own fds", function()
+  -- otherwise the event loop's fds take 0, 1 and 2, and a child inheriting stderr writes into them
+  local script = [[
+    local proc = require "runbox.proc"
+    local r = proc.run{"sh", "-c", "cat; readlink /proc/self/fd/2 /proc/self/fd/1; ls /proc/self/fd | wc -l",
+                       stdin = "in\n", stderr = "inherit"}
+    local f = io.open(arg[1], "w")
+    f:write(r.stdout, "|", r.code)
+    f:close()
+  ]]
+  local dir = assert(fs.temp_dir("rb-proc"))
+  assert(fs.write(dir .. "/s.lua", script))
+  local r = assert(proc.run{"sh", "-c", 'exec <&- >&- 2>&-; "$0" "$1" "$2"', T.runbox_bin(), dir .. "/s.lua", dir .. "/out"})
+  T.eq(r.code, 0)
+  local out = fs.read(dir .. "/out")
+  -- cat's input; stderr is /dev/null, stdout the pipe; 0, 1, 2 and the folder ls lists: nothing leaked
+  T.match(out, "^in\n/dev/null\npipe:%[%d+%]\n4\n|0$")
+  fs.remove_tree(dir)
+end)
+
 T.run()

@@ -161,19 +161,24 @@ end
 
 -- The journal: one JSON object per line, never rewritten. An append returns once its record is
 -- on disk; the records that tasks append while other ready tasks still run share one fsync (a
--- run's finish and the next run's start, the first runs' starts).
-local commits = {}   -- journal path -> the coming fsync: {done = event, ok, err}
-local function journal_append(path, rec)
+-- run's finish and the next run's start, the first runs' starts). The file stays open for the
+-- batch (journal_open; closed with the batch).
+local function journal_open(path)
+  return setmetatable({path = path, file = assert(fs.appender(path))},
+                      {__close = function(j) j.file:close() end})
+end
+
+local function journal_append(j, rec)
   rec.ts = util.iso8601()
-  assert(fs.append(path, json.encode(rec) .. "\n"))
-  local c = commits[path]
+  assert(j.file:write(json.encode(rec) .. "\n"))
+  local c = j.commit
   if not c then
     c = {done = sched.event()}
-    commits[path] = c
+    j.commit = c
     sched.spawn(function()
       sched.shielded(sched.yield)
-      commits[path] = nil
-      c.ok, c.err = fs.append(path, "", {fsync = true})
+      j.commit = nil
+      c.ok, c.err = j.file:sync()
       c.done:set()
     end)
   end
@@ -343,7 +348,7 @@ function M.run(opts)
   local dir, id, done, journal
   if prev then
     dir, id, done = assert(fs.realpath(opts.resume)), prev.id, prev.done
-    journal = dir .. "/journal.jsonl"
+    journal = journal_open(dir .. "/journal.jsonl")
     -- sandboxes the killed batch left behind go first
     local left = terminate_leftovers(backend, id, say)
     journal_append(journal, {event = "resume", terminated = json.array(left), settings = settings})
@@ -351,13 +356,14 @@ function M.run(opts)
     assert(fs.mkdir_p(cfg.output.results_dir))
     id, dir = util.run_id(cfg.output.results_dir)
     dir, done = assert(fs.realpath(dir)), {}
-    journal = dir .. "/journal.jsonl"
+    journal = journal_open(dir .. "/journal.jsonl")
     local names = json.array()
     for i, t in ipairs(tasks) do names[i] = t.name end
     assert(json.encode_file(dir .. "/batch.json", {id = id, config = fs.realpath(cfg.file) or cfg.file,
                                                    created = util.iso8601(), settings = settings, tasks = names},
                             {pretty = true}))
   end
+  local journal_guard <close> = journal
   say(("batch %s: %d task(s), %d at a time, agent %s, backend %s"):format(id, #tasks, settings.max_parallel,
                                                                            tostring(settings.agent), settings.backend))
   local records, ndone, t0 = {}, 0, sched.now()

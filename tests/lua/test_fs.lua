@@ -114,6 +114,28 @@ T.test("append adds records, creates the file, fsyncs on request", T.with_temp_d
   T.match(tostring(err), "cannot append to '.*/missing/j'")
 end))
 
+T.test("an appender keeps the file open: records, sync, close; errors name the file", T.with_temp_dir(function(d)
+  local p = d .. "/journal"
+  local a = assert(fs.appender(p))
+  T.eq(a:write("one\n"), true)
+  T.eq(a:sync(), true)
+  fs.append(p, "other\n")                     -- another writer's record lands between, whole
+  T.eq(a:write("two\n"), true)
+  T.eq(fs.read(p), "one\nother\ntwo\n")
+  a:close()
+  a:close()
+  local ok, err = a:write("three\n")
+  T.eq(ok, nil)
+  T.ok(errors.is(err, "fs"))
+  T.match(err.message, "journal': the appender is closed")
+  T.eq(fs.read(p), "one\nother\ntwo\n")
+  local none, err2 = fs.appender(d .. "/missing/j")
+  T.eq(none, nil)
+  T.match(tostring(err2), "cannot append to '.*/missing/j'")
+  do local b <close> = assert(fs.appender(p)); b:write("four\n") end
+  T.eq(fs.read(p):sub(-5), "four\n")
+end))
+
 T.test("appends from concurrent processes never interleave", T.with_temp_dir(function(d)
   local p = d .. "/log"
   local code = ([[
@@ -284,6 +306,13 @@ T.test("realpath, rename, symlink, readlink, chmod", T.with_temp_dir(function(d)
   T.eq(fs.realpath(d .. "/a/./b/../b/f"), real .. "/a/b/f")
   local _, err = fs.realpath(d .. "/nope")
   T.match(tostring(err), "cannot resolve '.*/nope'")
+  -- through a symlinked folder, and relative to the working folder
+  T.eq(fs.symlink(d .. "/a", d .. "/alink"), true)
+  T.eq(fs.realpath(d .. "/alink/b/../b/f"), real .. "/a/b/f")
+  T.eq(fs.realpath("."), assert(fs.realpath(os.getenv("PWD") or ".")))
+  local _, errd = fs.realpath(d .. "/a/b/f/x")
+  T.eq(errd.reason, "not_found")
+  T.match(errd.message, "Not a directory")
   T.eq(fs.rename(d .. "/a/b/f", d .. "/g"), true)
   T.eq(fs.read(d .. "/g"), "x")
   local _, err2 = fs.rename(d .. "/missing", d .. "/h")

@@ -22,12 +22,15 @@ local function files_of(task, t, opts)
   local skip = opts and opts.skip or {}
   for _, name in ipairs(M.overlay) do
     if not skip[name] then
-      local data, err = fs.read(t.dir .. "/" .. name)
+      local path = t.dir .. "/" .. name
+      local data, err
+      if path == t.instructions_file then data = t.instructions   -- read once, at load
+      else data, err = fs.read(path) end
       if data then
         files[#files + 1] = {"overlay_files/" .. name, data}
       elseif err.reason ~= "not_found" then
-        return nil, errors.new("task", ("%s/%s: cannot read it (%s); fix its permissions"):format(t.dir, name, err.reason),
-                               {path = t.dir .. "/" .. name})
+        return nil, errors.new("task", ("%s: cannot read it (%s); fix its permissions"):format(path, err.reason),
+                               {path = path})
       end
     end
   end

@@ -20,6 +20,7 @@ M.defaults = {
   python = "python3",
   pytest_args = {"-q", "-p", "no:cacheprovider"},
   grace = 10,                 -- extra seconds before runbox kills a script the backend did not stop
+  together = true,            -- one sandbox command runs the scripts in turn (not one per script)
 }
 
 local FIELD = "tb_meta.json evaluation.test_scripts[%d].path"
@@ -168,12 +169,19 @@ local function write_script(sb, ts, o)
   return true
 end
 
-local function run_script(sb, ts, o)
+local function pytest_argv(o)
   local argv = {o.python, "-m", "pytest"}
   for _, a in ipairs(o.pytest_args) do argv[#argv + 1] = a end
-  argv[#argv + 1] = ts.path
+  return argv
+end
+
+local function log_start(ts, o)
   if o.log then o.log(("[eval] running %s (time limit %gs)"):format(ts.path, o.timeout)) end
-  local r, err = run_cmd(sb, argv, o, nil, o.timeout)
+end
+
+-- A script's result from its command's end (r: code, how, stdout, stderr, secs), or nil, err
+-- when pytest could not be started.
+local function script_result(ts, r, err, o)
   if not r then
     return {success = false, output = "runbox: could not start pytest: " .. errors.message(err),
             duration_sec = 0.0, timed_out = false}
@@ -193,6 +201,35 @@ local function run_script(sb, ts, o)
   return res
 end
 
+local function run_script(sb, ts, o)
+  local argv = pytest_argv(o)
+  argv[#argv + 1] = ts.path
+  log_start(ts, o)
+  local r, err = run_cmd(sb, argv, o, nil, o.timeout)
+  return script_result(ts, r, err, o)
+end
+
+-- The scripts through one sandbox command (eval/together.lua); a script the runner did not
+-- finish gets a failed result that says why.
+local function run_together(sb, scripts, o)
+  local eo = {repo = o.repo, env = merged_env(o), timeout = o.timeout, grace = o.grace, output_limit = o.output_limit}
+  local results = {}
+  local why = require("runbox.eval.together").run(sb, scripts, pytest_argv(o), eo,
+    function(ts) log_start(ts, o) end,
+    function(ts, r)
+      r.stdout = tail_text(r.stdout, r.stdout_dropped or 0, o.output_limit)
+      r.stderr = tail_text(r.stderr, r.stderr_dropped or 0, o.output_limit)
+      results[ts.path] = script_result(ts, r, nil, o)
+    end)
+  for _, ts in ipairs(scripts) do
+    if not results[ts.path] then
+      if o.log then o.log(("[eval] %s: not run to its end: %s"):format(ts.path, why)) end
+      results[ts.path] = {success = false, output = "runbox: " .. why, duration_sec = 0.0, timed_out = false}
+    end
+  end
+  return results
+end
+
 local function options(opts)
   local o = {}
   for k, v in pairs(M.defaults) do o[k] = v end
@@ -203,7 +240,8 @@ local function options(opts)
 end
 
 -- Writes every test script of task t into the repository, then runs pytest on each, one after the
--- other (or `opts.parallel` at once). Returns {[path] = {success, output, duration_sec, exit_code,
+-- other (or `opts.parallel` at once); one after the other, through one sandbox command unless
+-- `opts.together` is false. Returns {[path] = {success, output, duration_sec, exit_code,
 -- timed_out}} or nil, err when a test script path is invalid (nothing is run then).
 function M.run_tests(sb, t, opts)
   if type(sb) ~= "table" and type(sb) ~= "userdata" then error("eval.run_tests: sandbox expected", 2) end
@@ -224,7 +262,9 @@ function M.run_tests(sb, t, opts)
     end
   end
   local width = o.parallel == true and #runnable or tonumber(o.parallel) or 1
-  if width <= 1 then
+  if width <= 1 and o.together and #runnable > 1 then
+    for path, res in pairs(run_together(sb, runnable, o)) do results[path] = res end
+  elseif width <= 1 then
     for _, ts in ipairs(runnable) do results[ts.path] = run_script(sb, ts, o) end
   else
     local sem = sched.semaphore(width)

@@ -323,4 +323,66 @@ T.test("judge scores fill test-less rubrics only when the judge succeeded", func
   close_to(ev.total_score, 0.3)
 end)
 
+T.test("several scripts run through one sandbox command, with each script's own result and limit", function()
+  local dir, repo = make_repo()
+  local sb = host_sandbox(repo)
+  local noisy = "def test_noisy():\n    for i in range(3000):\n        print('line %d ' % i + 'y' * 60)\n" ..
+                "    assert False\n"
+  local t = {test_scripts = {{path = "tests/test_pass.py", content = PASS}, {path = "test_noisy.py", content = noisy},
+                             {path = "tests/test_slow.py", content = SLOW}, {path = "test_error.py", content = ERROR}}}
+  local lines = {}
+  local res = assert(eval.run_tests(sb, t, {timeout = 8, output_limit = 4096,
+                                            log = function(l) lines[#lines + 1] = l end}))
+  -- four writer commands (this sandbox has no write_file), then one command ran the four scripts
+  local runs = {}
+  for _, argv in ipairs(sb.calls) do if argv[1] ~= "sh" then runs[#runs + 1] = argv end end
+  T.eq(#runs, 1, "one sandbox command for four scripts")
+  T.eq({runs[1][1], runs[1][2], runs[1][3]}, {"python3", "-I", "-c"})
+  local spec = json.decode(runs[1][5])
+  T.eq(spec.argv, {"python3", "-m", "pytest", "-q", "-p", "no:cacheprovider"})
+  T.eq(spec.scripts, {"tests/test_pass.py", "test_noisy.py", "tests/test_slow.py", "test_error.py"})
+  T.eq({res["tests/test_pass.py"].success, res["tests/test_pass.py"].exit_code}, {true, 0})
+  local noisy_out = res["test_noisy.py"].output
+  T.ok(#noisy_out < 4096 + 200, "bounded: " .. #noisy_out)
+  T.match(noisy_out, "^%[%.%.%. %d+ bytes of output cut; the last %d+ bytes follow %.%.%.%]\n")
+  T.match(noisy_out, "1 failed")
+  local slow = res["tests/test_slow.py"]
+  T.eq({slow.success, slow.timed_out}, {false, true})
+  T.match(slow.output, "%[runbox%] tests/test_slow.py timed out after 8s; pytest was stopped")
+  T.ok(slow.duration_sec >= 8 and slow.duration_sec < 20, "stopped at its own limit: " .. slow.duration_sec)
+  T.eq({res["test_error.py"].success, res["test_error.py"].exit_code}, {false, 2})
+  T.match(res["test_error.py"].output, "module_that_does_not_exist")
+  -- each script's start and end were logged as they happened, in order
+  local log = table.concat(lines, "\n")
+  T.match(log, "running tests/test_pass.py %(time limit 8s%).*tests/test_pass.py: PASSED.*running test_noisy.py"
+               .. ".*test_noisy.py: FAILED %(exit 1%).*tests/test_slow.py: TIMED OUT.*test_error.py: FAILED %(exit 2%)")
+  -- together = false: one command per script, the same results
+  local sb2 = host_sandbox(repo)
+  local res2 = assert(eval.run_tests(sb2, {test_scripts = {t.test_scripts[1], t.test_scripts[4]}},
+                                     {timeout = 8, together = false}))
+  T.eq(#sb2.calls, 4, "two writers, two pytest commands")
+  T.eq({res2["tests/test_pass.py"].success, res2["test_error.py"].exit_code}, {true, 2})
+  fs.remove_tree(dir)
+end)
+
+T.test("a runner that ends early leaves the scripts it did not finish failed, saying why", function()
+  local dir, repo = make_repo()
+  local sb = host_sandbox(repo)
+  -- a python that reports the first script as started, then dies
+  local fake = dir .. "/python3"
+  assert(fs.write(fake, "#!/bin/sh\necho '{\"start\": 0}'\necho 'runner broke' >&2\nexit 3\n"))
+  assert(fs.chmod(fake, "755"))
+  local t = {test_scripts = {{path = "tests/test_pass.py", content = PASS}, {path = "test_b.py", content = PASS}}}
+  local res = assert(eval.run_tests(sb, t, {timeout = 8, python = fake}))
+  for _, path in ipairs{"tests/test_pass.py", "test_b.py"} do
+    T.eq(res[path].success, false)
+    T.match(res[path].output, "^runbox: the test runner ended early: runner broke")
+  end
+  -- a python that cannot be started at all
+  local res2 = assert(eval.run_tests(sb, t, {timeout = 8, python = dir .. "/no-python"}))
+  T.eq(res2["test_b.py"].success, false)
+  T.match(res2["test_b.py"].output, "^runbox: ")
+  fs.remove_tree(dir)
+end)
+
 T.run()

@@ -328,19 +328,25 @@ T.test("several scripts run through one sandbox command, with each script's own 
   local sb = host_sandbox(repo)
   local noisy = "def test_noisy():\n    for i in range(3000):\n        print('line %d ' % i + 'y' * 60)\n" ..
                 "    assert False\n"
+  -- every byte value on stdout (at exit, past pytest's capture): the output arrives byte for byte
+  local bytes = "import atexit, os\natexit.register(lambda: os.write(1, bytes(range(256))))\n\n" ..
+                "def test_bytes():\n    assert False\n"
   local t = {test_scripts = {{path = "tests/test_pass.py", content = PASS}, {path = "test_noisy.py", content = noisy},
-                             {path = "tests/test_slow.py", content = SLOW}, {path = "test_error.py", content = ERROR}}}
+                             {path = "tests/test_slow.py", content = SLOW}, {path = "test_error.py", content = ERROR},
+                             {path = "test_bytes.py", content = bytes}}}
   local lines = {}
   local res = assert(eval.run_tests(sb, t, {timeout = 8, output_limit = 4096,
                                             log = function(l) lines[#lines + 1] = l end}))
-  -- four writer commands (this sandbox has no write_file), then one command ran the four scripts
+  -- five writer commands (this sandbox has no write_file), then one command ran the five scripts
   local runs = {}
   for _, argv in ipairs(sb.calls) do if argv[1] ~= "sh" then runs[#runs + 1] = argv end end
-  T.eq(#runs, 1, "one sandbox command for four scripts")
-  T.eq({runs[1][1], runs[1][2], runs[1][3]}, {"python3", "-I", "-c"})
-  local spec = json.decode(runs[1][5])
-  T.eq(spec.argv, {"python3", "-m", "pytest", "-q", "-p", "no:cacheprovider"})
-  T.eq(spec.scripts, {"tests/test_pass.py", "test_noisy.py", "tests/test_slow.py", "test_error.py"})
+  T.eq(#runs, 1, "one sandbox command for five scripts")
+  local run = runs[1]
+  T.eq({run[1], run[2], run[3], run[4]}, {"python3", "-I", "-S", "-c"})
+  -- then the time limit, the grace, the output limit, pytest's command and the scripts
+  T.eq({table.unpack(run, 6)}, {"8", "2", "4096", "6", "python3", "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                "tests/test_pass.py", "test_noisy.py", "tests/test_slow.py", "test_error.py",
+                                "test_bytes.py"})
   T.eq({res["tests/test_pass.py"].success, res["tests/test_pass.py"].exit_code}, {true, 0})
   local noisy_out = res["test_noisy.py"].output
   T.ok(#noisy_out < 4096 + 200, "bounded: " .. #noisy_out)
@@ -352,6 +358,9 @@ T.test("several scripts run through one sandbox command, with each script's own 
   T.ok(slow.duration_sec >= 8 and slow.duration_sec < 20, "stopped at its own limit: " .. slow.duration_sec)
   T.eq({res["test_error.py"].success, res["test_error.py"].exit_code}, {false, 2})
   T.match(res["test_error.py"].output, "module_that_does_not_exist")
+  local all = {}
+  for b = 0, 255 do all[#all + 1] = string.char(b) end
+  T.ok(res["test_bytes.py"].output:find(table.concat(all), 1, true), "all 256 byte values, in order")
   -- each script's start and end were logged as they happened, in order
   local log = table.concat(lines, "\n")
   T.match(log, "running tests/test_pass.py %(time limit 8s%).*tests/test_pass.py: PASSED.*running test_noisy.py"
@@ -370,7 +379,7 @@ T.test("a runner that ends early leaves the scripts it did not finish failed, sa
   local sb = host_sandbox(repo)
   -- a python that reports the first script as started, then dies
   local fake = dir .. "/python3"
-  assert(fs.write(fake, "#!/bin/sh\necho '{\"start\": 0}'\necho 'runner broke' >&2\nexit 3\n"))
+  assert(fs.write(fake, "#!/bin/sh\necho 'start 0'\necho 'runner broke' >&2\nexit 3\n"))
   assert(fs.chmod(fake, "755"))
   local t = {test_scripts = {{path = "tests/test_pass.py", content = PASS}, {path = "test_b.py", content = PASS}}}
   local res = assert(eval.run_tests(sb, t, {timeout = 8, python = fake}))

@@ -4,19 +4,50 @@
 -- A sandbox process costs a start (a bwrap, or a remote exec's round trips); a run has two to four
 -- scripts. Python is there anyway: pytest needs it.
 local sched = require "runbox.sched"
-local json = require "runbox.json"
 local util = require "runbox.util"
 local errors = require "runbox.errors"
 
 local M = {}
 
--- Runs as `python3 -I -c RUNNER SPEC` (-I: the repository's files cannot stand in for the
--- modules it imports). Per script: pytest in a session of its own; at the time limit SIGTERM to
--- its group, SIGKILL after the grace; what it left in its group is killed when it ends. Output
--- goes to files in the sandbox's /tmp, and the last `limit` bytes of each stream are reported.
+-- Runs as `python3 -I -S -c RUNNER TIMEOUT GRACE LIMIT N ARGV... SCRIPT...` (-I: the
+-- repository's files cannot stand in for the modules it imports; -S and only built-in modules: a
+-- start costs about as much CPU as a bwrap, where subprocess, tempfile and json would triple it).
+-- Per script: pytest in a session of its own; at the time limit SIGTERM to its group, SIGKILL after
+-- the grace; what it left in its group is killed when it ends. Its output goes to unnamed files in
+-- the sandbox's /tmp, and the last LIMIT bytes of each stream are reported, base64 ("-": none):
+--   start I
+--   done I CODE HOW SECONDS OUT_DROPPED ERR_DROPPED OUT ERR
 local RUNNER = [[
-import base64, json, os, signal, subprocess, sys, tempfile, time
-spec = json.loads(sys.argv[1])
+import binascii, os, signal, sys, time
+timeout, grace, limit, n = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+argv, scripts = sys.argv[5:5 + n], sys.argv[5 + n:]
+tmp = os.environ.get("TMPDIR") or "/tmp"
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
+
+def say(line):
+    os.write(1, (line + "\n").encode())
+
+def scratch(i):
+    try:
+        return os.open(tmp, os.O_TMPFILE | os.O_RDWR, 0o600)
+    except (AttributeError, OSError):
+        name = "%s/.runbox-tests-%d-%d" % (tmp, os.getpid(), i)
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.unlink(name)
+        return fd
+
+def end_of(fd):
+    size = os.lseek(fd, 0, 2)
+    keep = min(size, limit)
+    os.lseek(fd, size - keep, 0)
+    data = b""
+    while len(data) < keep:
+        chunk = os.read(fd, keep - len(data))
+        if not chunk:
+            break
+        data += chunk
+    os.close(fd)
+    return (binascii.b2a_base64(data).decode().strip() or "-"), size - keep
 
 def kill(pid, sig):
     try:
@@ -24,49 +55,53 @@ def kill(pid, sig):
     except OSError:
         pass
 
-def end_of(f):
-    size = f.seek(0, 2)
-    keep = min(size, spec["limit"])
-    f.seek(size - keep)
-    return base64.b64encode(f.read()).decode("ascii"), size - keep
+def wait(pid, until):
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        left = until - time.monotonic()
+        if left <= 0:
+            return None
+        signal.sigtimedwait([signal.SIGCHLD], left)
 
-def report(ev):
-    sys.stdout.write(json.dumps(ev) + "\n")
-    sys.stdout.flush()
-
-for i, path in enumerate(spec["scripts"]):
-    report({"start": i})
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.monotonic()
+for i, path in enumerate(scripts):
+    say("start %d" % i)
+    out, err = scratch(2 * i), scratch(2 * i + 1)
+    t0 = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
         try:
-            p = subprocess.Popen(spec["argv"] + [path], stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                 start_new_session=True)
+            os.setsid()
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            null = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(out, 1)
+            os.dup2(err, 2)
+            os.execvp(argv[0], argv + [path])
         except OSError as e:
-            report({"done": i, "code": 127, "how": "exit", "secs": 0, "out": "", "out_dropped": 0,
-                    "err": base64.b64encode(str(e).encode()).decode("ascii"), "err_dropped": 0})
-            continue
-        how = "exit"
-        try:
-            p.wait(spec["timeout"])
-        except subprocess.TimeoutExpired:
-            how = "timeout"
-            kill(p.pid, signal.SIGTERM)
-            try:
-                p.wait(spec["grace"])
-            except subprocess.TimeoutExpired:
-                kill(p.pid, signal.SIGKILL)
-                p.wait()
-        secs = time.monotonic() - t0
-        kill(p.pid, signal.SIGKILL)
-        code = p.returncode
-        if code < 0:
-            code = 128 - code
-            if how == "exit":
-                how = "signal"
-        o, od = end_of(out)
-        e, ed = end_of(err)
-        report({"done": i, "code": code, "how": how, "secs": secs, "out": o, "out_dropped": od,
-                "err": e, "err_dropped": ed})
+            os.write(2, ("runbox: cannot run %s: %s\n" % (argv[0], e.strerror)).encode())
+        os._exit(127)
+    how = "exit"
+    status = wait(pid, t0 + timeout)
+    if status is None:
+        how = "timeout"
+        kill(pid, signal.SIGTERM)
+        status = wait(pid, time.monotonic() + grace)
+        if status is None:
+            kill(pid, signal.SIGKILL)
+            status = os.waitpid(pid, 0)[1]
+    secs = time.monotonic() - t0
+    kill(pid, signal.SIGKILL)
+    if os.WIFSIGNALED(status):
+        code = 128 + os.WTERMSIG(status)
+        if how == "exit":
+            how = "signal"
+    else:
+        code = os.WEXITSTATUS(status)
+    o, od = end_of(out)
+    e, ed = end_of(err)
+    say("done %d %d %s %.3f %d %d %s %s" % (i, code, how, secs, od, ed, o, e))
 ]]
 
 M.GRACE = 2   -- seconds from SIGTERM to SIGKILL at a script's time limit (proc.spawn's default)
@@ -77,12 +112,12 @@ M.GRACE = 2   -- seconds from SIGTERM to SIGKILL at a script's time limit (proc.
 -- stdout_dropped, stderr_dropped, secs}. Returns nil when every script ended, else why the others
 -- did not (the runner could not start, or stopped early).
 function M.run(sb, scripts, argv, o, on_start, on_end)
-  local paths = {}
-  for i, ts in ipairs(scripts) do paths[i] = ts.path end
-  local spec = json.encode{argv = argv, scripts = paths, timeout = o.timeout, grace = M.GRACE,
-                           limit = o.output_limit}
+  local cmd = {argv[1], "-I", "-S", "-c", RUNNER, ("%.17g"):format(o.timeout), ("%.17g"):format(M.GRACE),
+               tostring(math.floor(o.output_limit)), tostring(#argv)}
+  for _, a in ipairs(argv) do cmd[#cmd + 1] = a end
+  for _, ts in ipairs(scripts) do cmd[#cmd + 1] = ts.path end
   local limit = #scripts * (o.timeout + M.GRACE + 5)
-  local p, err = sb:exec({argv[1], "-I", "-c", RUNNER, spec}, {cwd = o.repo, env = o.env, timeout = limit})
+  local p, err = sb:exec(cmd, {cwd = o.repo, env = o.env, timeout = limit})
   if not p then return "could not start pytest: " .. errors.message(err) end
   local ended = 0
   local errtask = sched.spawn(function() return p:read_all("stderr") end)
@@ -90,23 +125,26 @@ function M.run(sb, scripts, argv, o, on_start, on_end)
     errtask:cancel("runner ended")
     pcall(p.close, p)
   end})
+  local function b64(s) return s == "-" and "" or util.base64_decode(s) or "" end
   local ok, rerr = sched.timeout(limit + o.grace, function()
     for line in p:lines("stdout") do
-      local ev = json.decode(line)
-      local ts = type(ev) == "table" and scripts[(tonumber(ev.start or ev.done) or -1) + 1]
-      if ts and ev.start then
+      local kind, i, rest = line:match("^(%a+) (%d+)(.*)$")
+      local ts = scripts[(tonumber(i) or -1) + 1]
+      if ts and kind == "start" then
         on_start(ts)
-      elseif ts then
-        ended = ended + 1
-        on_end(ts, {code = ev.code, how = ev.how, secs = ev.secs,
-                    stdout = util.base64_decode(ev.out) or "", stdout_dropped = ev.out_dropped,
-                    stderr = util.base64_decode(ev.err) or "", stderr_dropped = ev.err_dropped})
+      elseif ts and kind == "done" then
+        local code, how, secs, od, ed, out, errout = rest:match("^ (%d+) (%a+) ([%d.]+) (%d+) (%d+) (%S+) (%S+)$")
+        if code then
+          ended = ended + 1
+          on_end(ts, {code = tonumber(code), how = how, secs = tonumber(secs),
+                      stdout = b64(out), stdout_dropped = tonumber(od), stderr = b64(errout), stderr_dropped = tonumber(ed)})
+        end
       end
     end
     return p:wait()
   end)
   if not ok then pcall(p.kill, p, 9) end
-  if ended == #paths then return nil end
+  if ended == #scripts then return nil end
   -- the runner ended before the last script did: why, in its own words
   local _, eok, stderr = sched.timeout(ok and 5 or 1, errtask.wait, errtask)
   local why = not ok and ("the test runner was stopped after %gs (%s)"):format(limit + o.grace, errors.message(rerr))

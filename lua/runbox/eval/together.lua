@@ -73,6 +73,8 @@ for i, path in enumerate(scripts):
     if pid == 0:
         try:
             os.setsid()
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ):   # ignored by Python, not by pytest's own start
+                signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, [])
             null = os.open("/dev/null", os.O_RDONLY)
             os.dup2(null, 0)

@@ -15,15 +15,17 @@ Proc.__index = Proc
 
 local SIGTERM, SIGKILL = 15, 9
 
--- Parks until the C side has reaped the process.
-local function wait_exit(p)
-  local c = p._c
+-- Parks until the C side says what `method` asks for has happened (c:exit_id(): reaped;
+-- c:collect_id(): reaped and its captured streams ended); the method returns nil then.
+local function park_until(c, method)
   while true do
-    local id = c:exit_id()
+    local id = c[method](c)
     if not id then return end
     sched.wait_id(id)
   end
 end
+
+local function wait_exit(p) park_until(p._c, "exit_id") end
 
 -- Cancelling every task (Ctrl-C, shutdown, os.exit) stops every process too, as it always did
 -- when each process had a task of its own.
@@ -123,18 +125,11 @@ function Proc:collect(opts)
   local c = self._c
   c:capture("stdout", limit)
   c:capture("stderr", limit)
-  local function done()
-    while true do
-      local id = c:collect_id()
-      if not id then return end
-      sched.wait_id(id)
-    end
-  end
   if opts and opts.timeout then
-    local ok, err = sched.timeout(opts.timeout, done)
+    local ok, err = sched.timeout(opts.timeout, park_until, c, "collect_id")
     if not ok then return nil, err end
   else
-    done()
+    park_until(c, "collect_id")
   end
   local code, how = self:wait()
   local out, out_dropped = c:captured("stdout")

@@ -130,16 +130,19 @@ function M.run(sb, scripts, argv, o, on_start, on_end)
   local function b64(s) return s == "-" and "" or util.base64_decode(s) or "" end
   local ok, rerr = sched.timeout(limit + o.grace, function()
     for line in p:lines("stdout") do
-      local kind, i, rest = line:match("^(%a+) (%d+)(.*)$")
+      -- positions, not captures of the rest: a done line carries up to twice output_limit of base64
+      local kind, i, at = line:match("^(%a+) (%d+)()")
       local ts = scripts[(tonumber(i) or -1) + 1]
       if ts and kind == "start" then
         on_start(ts)
       elseif ts and kind == "done" then
-        local code, how, secs, od, ed, out, errout = rest:match("^ (%d+) (%a+) ([%d.]+) (%d+) (%d+) (%S+) (%S+)$")
-        if code then
+        local code, how, secs, od, ed, from = line:match("^ (%d+) (%a+) ([%d.]+) (%d+) (%d+) ()", at)
+        local gap = from and line:find(" ", from, true)
+        if gap then
           ended = ended + 1
           on_end(ts, {code = tonumber(code), how = how, secs = tonumber(secs),
-                      stdout = b64(out), stdout_dropped = tonumber(od), stderr = b64(errout), stderr_dropped = tonumber(ed)})
+                      stdout = b64(line:sub(from, gap - 1)), stdout_dropped = tonumber(od),
+                      stderr = b64(line:sub(gap + 1)), stderr_dropped = tonumber(ed)})
         end
       end
     end

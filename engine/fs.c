@@ -701,27 +701,12 @@ int luaopen_runbox_fs(lua_State *L) {
         {"lock", l_lock}, {"appender", l_appender}, {NULL, NULL}};
     static const luaL_Reg appender_methods[] = {
         {"write", appender_write}, {"sync", appender_sync}, {"close", appender_close}, {NULL, NULL}};
-    if (luaL_newmetatable(L, LOCK_MT)) {
-        lua_newtable(L);
-        luaL_setfuncs(L, lock_methods, 0);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, lock_unlock);
-        lua_setfield(L, -2, "__close");
-        lua_pushcfunction(L, lock_unlock);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, lock_tostring);
-        lua_setfield(L, -2, "__tostring");
-    }
+    rbx_new_class(L, LOCK_MT, lock_methods, lock_unlock, 0);
+    luaL_getmetatable(L, LOCK_MT);
+    lua_pushcfunction(L, lock_tostring);
+    lua_setfield(L, -2, "__tostring");
     lua_pop(L, 1);
-    if (luaL_newmetatable(L, APPENDER_MT)) {
-        rbx_newlib_with_errors(L, appender_methods, 0);   /* their failures are errors objects too */
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, appender_close);
-        lua_setfield(L, -2, "__close");
-        lua_pushcfunction(L, appender_close);
-        lua_setfield(L, -2, "__gc");
-    }
-    lua_pop(L, 1);
+    rbx_new_class(L, APPENDER_MT, appender_methods, appender_close, 1);   /* failures are errors objects too */
     rbx_newlib_with_errors(L, f, 0);
     return 1;
 }

@@ -692,15 +692,7 @@ int luaopen_runbox_c_http(lua_State *L) {
     static const luaL_Reg funcs[] = {
         {"open", l_open}, {"live", l_live}, {"connects", l_connects}, {"version", l_version},
         {NULL, NULL}};
-    if (luaL_newmetatable(L, XFER_MT)) {
-        luaL_newlib(L, methods);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, l_close);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, l_close);
-        lua_setfield(L, -2, "__close");
-    }
-    lua_pop(L, 1);
+    rbx_new_class(L, XFER_MT, methods, l_close, 0);
     luaL_newlib(L, funcs);
     /* a sentinel whose finaliser cleans the multi handle up when the state closes */
     lua_newuserdatauv(L, 1, 0);

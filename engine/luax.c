@@ -31,6 +31,19 @@ void rbx_newlib_with_errors(lua_State *L, const luaL_Reg *funcs, int nup) {
     luaL_setfuncs(L, funcs, nup + 1);
 }
 
+void rbx_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction release, int with_errors) {
+    if (luaL_newmetatable(L, name)) {
+        if (with_errors) rbx_newlib_with_errors(L, methods, 0);
+        else { lua_newtable(L); luaL_setfuncs(L, methods, 0); }
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, release);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, release);
+        lua_setfield(L, -2, "__close");
+    }
+    lua_pop(L, 1);
+}
+
 int rbx_opt_field(lua_State *L, int t, const char *name, int type, const char *what) {
     int got = lua_getfield(L, t, name);
     if (got == LUA_TNIL) { lua_pop(L, 1); return 0; }

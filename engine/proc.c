@@ -19,7 +19,6 @@
 #include <sys/epoll.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <lauxlib.h>
@@ -27,6 +26,8 @@
 extern char **environ;
 
 #define PROC_MT "runbox.proc"
+
+typedef struct { rb_id *ids; int n, cap; } idlist;   /* loop ids waiting for something */
 
 typedef struct proc {
     pid_t pid;
@@ -40,14 +41,14 @@ typedef struct proc {
     int polled;              /* no pidfd: the exit is polled */
     double grace;            /* seconds from SIGTERM to SIGKILL at the time limit */
     rb_timer limit, kill, poll;   /* slot -1: not running */
-    rb_id *waiters; int nwait, capwait;   /* loop ids to notify at the exit */
+    idlist exit_waiters;      /* loop ids to notify at the exit */
     struct capture {          /* a stream the engine reads itself (p:capture), by stream index */
         char *buf; size_t len, cap;
         size_t limit;         /* bytes kept from the end; 0: all */
         uint64_t dropped;     /* bytes cut from the front to keep the limit */
         int on;
     } cap[3];
-    rb_id *done; int ndone, capdone;      /* ids to notify once exited and every capture ended */
+    idlist collect_waiters;   /* ids to notify once exited and every capture ended */
     int grown;                /* bit per stream: its pipe was enlarged after a full read */
     int ref;                 /* registry reference while running, else LUA_NOREF */
     struct proc *prev, *next;
@@ -80,16 +81,29 @@ static void close_fd(int *fd) {
     if (*fd >= 0) { rb_forget_fd(*fd); close(*fd); *fd = -1; }
 }
 
-/* Appends id to a growable id list; 0 on success. */
-static int push_id(rb_id **list, int *n, int *cap, rb_id id) {
-    if (*n == *cap) {
-        int c = *cap ? 2 * *cap : 2;
-        rb_id *w = realloc(*list, sizeof(rb_id) * (size_t)c);
-        if (!w) return -1;
-        *list = w; *cap = c;
+/* Pushes a fresh loop id, added to the list, for a Lua task to wait on. */
+static int push_new_id(lua_State *L, idlist *l) {
+    if (l->n == l->cap) {
+        int c = l->cap ? 2 * l->cap : 2;
+        rb_id *w = realloc(l->ids, sizeof(rb_id) * (size_t)c);
+        if (!w) return luaL_error(L, "out of memory");
+        l->ids = w; l->cap = c;
     }
-    (*list)[(*n)++] = id;
-    return 0;
+    rb_id id = rb_new_id();
+    l->ids[l->n++] = id;
+    lua_pushinteger(L, (lua_Integer)id);
+    return 1;
+}
+
+/* Wakes every id of the list and empties it. */
+static void notify_all(idlist *l) {
+    for (int i = 0; i < l->n; i++) rb_notify(l->ids[i]);
+    l->n = 0;
+}
+
+static void free_ids(idlist *l) {
+    free(l->ids);
+    *l = (idlist){0};
 }
 
 static int capturing(const proc *p) {
@@ -98,9 +112,7 @@ static int capturing(const proc *p) {
 
 /* Wakes the collect waiters once the child is reaped and every captured stream has ended. */
 static void check_done(proc *p) {
-    if (!p->exited || capturing(p) || !p->ndone) return;
-    for (int i = 0; i < p->ndone; i++) rb_notify(p->done[i]);
-    p->ndone = 0;
+    if (p->exited && !capturing(p)) notify_all(&p->collect_waiters);
 }
 
 /* Reaps the child if it has exited (flags: WNOHANG to only look). Returns 1 once it is reaped.
@@ -123,8 +135,8 @@ static int try_reap(proc *p, int flags) {
     unlink_live(p);
     stop_timer(&p->limit); stop_timer(&p->kill); stop_timer(&p->poll);
     if (!p->keep_group) kill(-p->pid, SIGKILL);   /* what it left behind in its group */
-    for (int i = 0; i < p->nwait; i++) rb_notify(p->waiters[i]);
-    free(p->waiters); p->waiters = NULL; p->nwait = p->capwait = 0;
+    notify_all(&p->exit_waiters);
+    free_ids(&p->exit_waiters);
     check_done(p);
     if (p->ref != LUA_NOREF) {
         if (ndead == capdead) {
@@ -483,10 +495,7 @@ static int l_exit_watch(lua_State *L) {
 static int l_exit_id(lua_State *L) {
     proc *p = check(L);
     if (p->exited) { lua_pushnil(L); return 1; }
-    rb_id id = rb_new_id();
-    if (push_id(&p->waiters, &p->nwait, &p->capwait, id) < 0) return luaL_error(L, "out of memory");
-    lua_pushinteger(L, (lua_Integer)id);
-    return 1;
+    return push_new_id(L, &p->exit_waiters);
 }
 
 /* p:capture(stream, limit): the engine reads the stream itself from now on, keeping the last
@@ -511,10 +520,7 @@ static int l_collect_id(lua_State *L) {
     proc *p = check(L);
     release_refs(L);
     if (p->exited && !capturing(p)) { lua_pushnil(L); return 1; }
-    rb_id id = rb_new_id();
-    if (push_id(&p->done, &p->ndone, &p->capdone, id) < 0) return luaL_error(L, "out of memory");
-    lua_pushinteger(L, (lua_Integer)id);
-    return 1;
+    return push_new_id(L, &p->collect_waiters);
 }
 
 /* p:captured(stream) -> text, bytes dropped from its front. The buffer is handed over: a second
@@ -554,7 +560,8 @@ static int l_destroy(lua_State *L) {
         p->cap[i].buf = NULL; p->cap[i].len = p->cap[i].cap = 0;
     }
     close_fd(&p->pidfd);
-    free(p->done); p->done = NULL; p->ndone = p->capdone = 0;
+    free_ids(&p->exit_waiters);
+    free_ids(&p->collect_waiters);
     return 0;
 }
 

@@ -14,6 +14,7 @@
 #define _GNU_SOURCE
 #include "lazy.h"
 #include "bytebuf.h"
+#include "luax.h"
 #include <archive.h>
 #include <archive_entry.h>
 #include <dirent.h>
@@ -1155,18 +1156,6 @@ static int l_tempfile(lua_State *L) {
 static int l_packer_gc(lua_State *L) { return l_packer_close(L); }
 static int l_unpacker_gc(lua_State *L) { return l_unpacker_close(L); }
 
-static void new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc) {
-    luaL_newmetatable(L, name);
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, gc);
-    lua_setfield(L, -2, "__close");
-    lua_pop(L, 1);
-}
-
 int luaopen_runbox_c_tar(lua_State *L) {
     char lazy_err[1024];    /* libarchive is loaded here, not at start-up (lazy.h) */
     if (rb_lazy_archive_load(lazy_err, sizeof lazy_err) != 0) return luaL_error(L, "%s", lazy_err);
@@ -1175,9 +1164,9 @@ int luaopen_runbox_c_tar(lua_State *L) {
     static const luaL_Reg none[] = {{NULL, NULL}};
     static const luaL_Reg fns[] = {
         {"packer", l_packer}, {"unpacker", l_unpacker}, {"unpack", l_unpack}, {"list", l_list}, {"tempfile", l_tempfile}, {NULL, NULL}};
-    new_class(L, PACKER_MT, packer_methods, l_packer_gc);
-    new_class(L, UNPACKER_MT, unpacker_methods, l_unpacker_gc);
-    new_class(L, READER_MT, none, l_reader_gc);
+    rbx_new_class(L, PACKER_MT, packer_methods, l_packer_gc, 0);
+    rbx_new_class(L, UNPACKER_MT, unpacker_methods, l_unpacker_gc, 0);
+    rbx_new_class(L, READER_MT, none, l_reader_gc, 0);
     luaL_newlib(L, fns);
     return 1;
 }
